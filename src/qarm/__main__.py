@@ -1,0 +1,5 @@
+import sys
+
+from qarm.cli import main
+
+sys.exit(main())

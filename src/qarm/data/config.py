@@ -1,0 +1,47 @@
+"""Config of the ``prepare`` stage: where items and events come from, and how they are split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and shape of the synthetic multi-modal world (``qarm.data.synthetic``)."""
+
+    n_users: int = 2000
+    n_items: int = 1500
+    n_events: int = 60000
+    n_topics: int = 16            # latent content topics: drive text, image, audio
+    n_business: int = 12          # latent business clusters: drive behaviour
+    topic_business_agreement: float = 0.35  # share of items whose business cluster follows their topic
+    popularity_exponent: float = 1.0        # Zipf exponent of item popularity
+    image_size: int = 64
+    audio_seconds: float = 1.0
+    audio_sample_rate: int = 8000
+    with_audio: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Input data. ``source``: ``synthetic``, ``movielens`` (any official layout) or ``files``."""
+
+    source: Literal["synthetic", "movielens", "files"] = "synthetic"
+    path: str = ""                 # movielens folder (or files folder); synthetic: where to write the world
+    items_file: str = ""           # source=files: items Parquet/CSV
+    events_file: str = ""          # source=files: events Parquet/CSV
+    label_columns: list[str] = field(default_factory=lambda: ["click", "like"])
+    click_min_rating: float = 4.0  # movielens: click = rating >= this
+    like_min_rating: float = 5.0   # movielens: like = rating >= this
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class SplitConfig:
+    """Global temporal split plus the strict item cold-start hold-out."""
+
+    train_frac: float = 0.8
+    valid_frac: float = 0.1        # test gets the rest
+    holdout_item_frac: float = 0.1  # share of items held out entirely (strict item cold start)
+    freq_bucket_edges: list[int] = field(default_factory=lambda: [0, 5, 20, 100])  # by train count
