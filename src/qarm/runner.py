@@ -150,6 +150,12 @@ def is_fresh(cfg: Config, run: RunDir, stage: Stage) -> bool:
     return entry.get("outputs") == _hashes(run, stage.outputs)
 
 
+def _remove_stale_temp_files(root: Path) -> None:
+    """Temp files left by a killed write (``qarm.io.atomic_path``) are never trusted; clear them."""
+    for tmp in root.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _summary(metrics: dict[str, Any], limit: int = 6) -> str:
     parts = []
     for k, v in metrics.items():
@@ -173,6 +179,7 @@ def run_stages(cfg: Config, out: str | Path, stages: Sequence[str] | None = None
         raise QarmError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGE_BY_NAME)}")
     order = [s for s in STAGES if s.name in names]
     run = RunDir(out)
+    _remove_stale_temp_files(run.path)
     write_json(run / "config.json", cfg.to_dict())
     for stage in order:
         if not force and is_fresh(cfg, run, stage):
