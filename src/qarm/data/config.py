@@ -28,12 +28,13 @@ class DataConfig:
     """Input data. ``source``: ``synthetic``, ``movielens`` (any official layout) or ``files``."""
 
     source: Literal["synthetic", "movielens", "files"] = "synthetic"
-    path: str = ""                 # movielens folder (or files folder); synthetic: where to write the world
+    path: str = ""                 # movielens folder, or the folder relative file names are read from (files)
     items_file: str = ""           # source=files: items Parquet/CSV
     events_file: str = ""          # source=files: events Parquet/CSV
     label_columns: list[str] = field(default_factory=lambda: ["click", "like"])
     click_min_rating: float = 4.0  # movielens: click = rating >= this
     like_min_rating: float = 5.0   # movielens: like = rating >= this
+    strict: bool = False           # true: a bad event row is an error instead of a counted skip
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

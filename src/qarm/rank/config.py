@@ -8,14 +8,31 @@ from typing import Literal
 
 @dataclass
 class RankConfig:
+    """The ranker and the ablation.
+
+    ``variants`` (all trained on identical data and splits): ``id`` (ids and id history),
+    ``frozen_mm`` / ``ia_rep`` (+ frozen raw / aligned embedding of the target and mean over
+    history), ``vq``, ``rq``, ``qarm`` (= vq + rq; code embeddings trained end to end).
+    """
+
     variants: list[str] = field(default_factory=lambda: ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] = field(default_factory=lambda: ["click", "like"])
-    history: int = 50
-    dim: int = 16
+    history_label: str = "click"    # a history item is an earlier event with this label == 1
+    history: int = 50               # last N positives before the event (DIN sequence)
+    sim_history: int = 20           # SIM hard search: last positives sharing the target's level-1 RQ code
+    dim: int = 16                   # embedding size of ids, users and the VQ bag
+    code_dim: int = 8               # embedding size of each RQ level / prefix code
+    count_dim: int = 4              # embedding size of each bucketised code-match count
+    att_hidden: list[int] = field(default_factory=lambda: [64, 16])   # DIN activation unit
+    dnn_hidden: list[int] = field(default_factory=lambda: [256, 128])  # bottom MLP / each expert
     towers: Literal["shared", "mmoe"] = "shared"
+    n_experts: int = 4              # mmoe only
     epochs: int = 5
-    patience: int = 1
+    patience: int = 1               # epochs without a better valid AUC before stopping
     batch_size: int = 1024
+    eval_batch_size: int = 8192
     lr: float = 0.002
     weight_decay: float = 0.0
+    emb_l2: float = 1e-6            # L2 on the embedding rows a batch touches
+    threads: int = 2                # torch intra-op threads

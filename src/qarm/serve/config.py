@@ -1,4 +1,10 @@
-"""Config of ``qarm serve``."""
+"""Config of ``qarm serve``.
+
+The server reads this section from the run directory's ``config.json`` (the config the run was
+made with); ``--host``, ``--port``, ``--codes`` and ``--media-root`` on the command line win over it.
+Every request limit lives here so that bad or hostile input is refused with a 4xx before it costs
+memory or CPU.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,16 @@ from dataclasses import dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    media_root: str = ""            # image_path / audio_path must lie inside this folder
-    max_batch_items: int = 256
-    max_candidates: int = 1000
+    media_root: str = ""            # image_path / audio_path must lie inside this folder ("" = paths refused)
+    max_batch_items: int = 256      # items per POST /items/codes
+    max_candidates: int = 1000      # candidates per POST /rank
+    max_history: int = 1000         # history items per POST /rank (the ranker keeps its last rank.history)
     max_body_bytes: int = 16_000_000
+    max_text_chars: int = 20_000    # per text field
+    max_media_bytes: int = 4_000_000  # decoded image/audio bytes per item (base64 or file)
+    max_image_pixels: int = 16_000_000  # width * height, checked before the pixels are decoded
     codes_store: str = ""           # "" = codes.parquet in the run dir; or sqlite:///..., redis://...
+    preload: bool = True            # load encoder, codebooks and ranker at startup, not on first request
+    rank_variant: str = ""          # ranker variant POST /rank uses by default ("" = the ranker's default)
+    torch_threads: int = 2          # intra-op threads for encode/score
+    limit_concurrency: int = 256    # open connections + tasks before uvicorn answers 503 (overload guard)

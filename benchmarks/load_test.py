@@ -1,0 +1,361 @@
+"""Load test of ``qarm serve`` on 127.0.0.1: latency percentiles and throughput per endpoint.
+
+Starts the server on a free local port over a finished run directory (or talks to ``--url``, which
+must be a 127.0.0.1/localhost address), then runs, each with ``--clients`` concurrent clients and
+bounded by a request count and ``--max-seconds``:
+
+- ``GET /health``                 the reference: a bare HTTP round trip through the same stack;
+- ``GET /items/{id}/codes``       code lookup (codes.parquet, or ``--codes`` sqlite/redis);
+- ``POST /items/codes``           ``--batch`` new items with text, base64 image and audio (cold start);
+- ``POST /rank``                  ``--candidates`` candidates and a 50-item history;
+- a burst of bad inputs (malformed JSON/base64, oversized bodies and images, paths outside the root,
+  unknown ids, raw socket garbage) while lookups keep running, then the lookup phase again.
+
+Also times the same encode+assign and rank calls in-process (no HTTP) as the model floor. Prints
+p50/p99 latency, requests/s, and ratios against ``GET /health`` (the HTTP floor) and in-process.
+Exits non-zero if any bad input got a 5xx or the server stopped answering.
+
+    python benchmarks/load_test.py --run /tmp/srv-demo                    # ~2-4 minutes on 2 cores
+    python benchmarks/load_test.py --run /tmp/srv-demo --requests 300 --max-seconds 15
+    python benchmarks/load_test.py --run RUN --codes redis://127.0.0.1:6379/0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from qarm.io import read_parquet
+
+
+# ----------------------------------------------------------------------------- server process
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run: Path, media_root: str, codes: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "qarm", "serve", "--run", str(run), "--host", "127.0.0.1", "--port", str(port),
+           "--media-root", media_root]
+    if codes:
+        cmd += ["--codes", codes]
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"server did not answer /health in 180s:\n{log_path.read_text()[-3000:]}")
+
+
+# ----------------------------------------------------------------------------- load generation
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds of process ``pid`` so far (Linux /proc); 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+SERVER_PID: int | None = None  # set when this script started the server: its CPU per request is reported
+
+
+async def run_phase(url: str, make: Callable[[int], dict[str, Any]], n_requests: int, clients: int,
+                    max_seconds: float) -> dict[str, Any]:
+    """``clients`` workers send ``make(i)`` requests until ``n_requests`` are done or time is up.
+
+    Besides wall-clock latency (which on a shared machine includes waiting for a core), reports the
+    server's own CPU time per request: the figure that other load on the machine disturbs least.
+    """
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    errors: Counter = Counter()
+    next_i = 0
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker() -> None:
+            nonlocal next_i
+            while next_i < n_requests and time.perf_counter() < deadline:
+                i = next_i
+                next_i += 1
+                req = make(i)
+                t0 = time.perf_counter()
+                try:
+                    r = await client.request(req.pop("method"), req.pop("path"), **req)
+                    statuses[r.status_code] += 1
+                    latencies.append(time.perf_counter() - t0)
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
+
+        t0, cpu0 = time.perf_counter(), cpu_seconds(SERVER_PID)
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(SERVER_PID) - cpu0
+    lat = np.array(latencies) * 1e3
+    n_done = len(latencies) + sum(errors.values())
+    return {"n": len(latencies), "wall_s": wall, "rps": len(latencies) / wall if wall else 0.0,
+            "server_cpu_ms": 1e3 * cpu / n_done if n_done and SERVER_PID else float("nan"),
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "statuses": dict(statuses), "errors": dict(errors)}
+
+
+def raw_garbage(url: str) -> int:
+    """Non-HTTP bytes, a body cut short, a negative length: each on its own socket. Returns the count."""
+    parts = urlsplit(url)
+    payloads = [b"\x16\x03\x01\x02\x00not-http\r\n\r\n",
+                b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+                b"GET /items/1/codes HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"]
+    for p in payloads:
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
+            s.sendall(p)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+    return len(payloads)
+
+
+# ----------------------------------------------------------------------------- request bodies
+
+def b64_file(path: str | None) -> str | None:
+    return None if path is None else base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def new_item(row: Any) -> dict[str, Any]:
+    item = {"item_id": int(row.item_id), "title": row.title, "description": row.description,
+            "tags": row.tags, "category": row.category}
+    if row.image is not None:
+        item["image_b64"] = b64_file(row.image)
+    if row.audio is not None:
+        item["audio_b64"] = b64_file(row.audio)
+    return item
+
+
+def bad_requests(item_id: int) -> list[dict[str, Any]]:
+    """One of each kind of bad input; every one must get a 4xx."""
+    from PIL import Image
+
+    bomb = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(bomb, format="PNG")
+    bomb_b64 = base64.b64encode(bomb.getvalue()).decode()
+    json_h = {"content-type": "application/json"}
+
+    def items(**kw: Any) -> dict[str, Any]:
+        return {"method": "POST", "path": "/items/codes", "json": {"items": [{"title": "x", **kw}]}}
+
+    return [
+        {"method": "POST", "path": "/items/codes", "content": b'{"items": [', "headers": json_h},
+        {"method": "POST", "path": "/rank", "content": b"\xff\xfe", "headers": json_h},
+        {"method": "POST", "path": "/rank", "content": b"[" * 50_000, "headers": json_h},
+        {"method": "POST", "path": "/rank", "content": b'{"candidates": [1]}'},
+        items(image_b64="@@not base64@@"),
+        items(image_b64=base64.b64encode(b"plain text, not an image").decode()),
+        items(image_b64=bomb_b64),
+        items(audio_b64=base64.b64encode(b"RIFF0000WAVEjunk").decode()),
+        items(image_path="../../../../etc/passwd"),
+        items(image_path="/etc/hostname"),
+        items(descripton="typo"),
+        {"method": "POST", "path": "/items/codes", "json": {"items": [{"title": "x"}] * 10_000}},
+        {"method": "GET", "path": "/items/not-a-number/codes"},
+        {"method": "GET", "path": "/items/99999999999999999999999/codes"},
+        {"method": "GET", "path": f"/items/{10**15}/codes"},
+        {"method": "POST", "path": "/rank", "json": {"candidates": [10**15], "history": []}},
+        {"method": "POST", "path": "/rank", "json": {"candidates": [item_id], "variant": "no-such-variant"}},
+        {"method": "POST", "path": "/rank", "json": {"candidates": list(range(100_000))}},
+        {"method": "POST", "path": "/rank", "content": b" " * 17_000_000, "headers": json_h},
+    ]
+
+
+# ----------------------------------------------------------------------------- in-process floor
+
+def in_process_floor(run: Path, items_batch: list[dict], history: list[int], candidates: list[int],
+                     repeat: int) -> dict[str, float]:
+    """Median seconds of the same encode+assign and rank calls without HTTP (same code path)."""
+    from qarm.rank.predict import load_ranker
+    from qarm.serve.app import create_app
+    from qarm.serve.schemas import request_models
+    from qarm.serve.service import load_serve_config
+
+    app = create_app(run)
+    models = app.state.models
+    models.preload()
+    cfg = load_serve_config(run)
+    _, ItemsRequest, _ = request_models(cfg)
+    body = ItemsRequest(items=items_batch)
+    out = {}
+    t = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        models.encode_items(body.items)
+        t.append(time.perf_counter() - t0)
+    out["encode_assign"] = float(np.median(t))
+    ranker = load_ranker(run, None)
+    t = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ranker.score(history, candidates, None)
+        t.append(time.perf_counter() - t0)
+    out["rank"] = float(np.median(t))
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+def fmt_row(name: str, res: dict[str, Any], ref: dict[str, Any] | None, floor_ms: float | None = None) -> str:
+    ratio = f"{res['p50_ms'] / ref['p50_ms']:7.1f}x" if ref else "    ref"
+    fl = f"{res['p50_ms'] / floor_ms:6.2f}x" if floor_ms else "     -"
+    return (f"{name:<34} {res['n']:>6} {res['p50_ms']:>9.2f} {res['p99_ms']:>9.2f} {res['rps']:>9.1f} "
+            f"{ratio:>12} {fl:>12}  {res['statuses']}{' errors=' + str(res['errors']) if res['errors'] else ''}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="finished run directory (prepare..train)")
+    ap.add_argument("--url", default="", help="use this running server (127.0.0.1 only) instead of starting one")
+    ap.add_argument("--codes", default="", help="codes store for the started server (sqlite:///..., redis://...)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=3000, help="requests per lookup phase (others: fewer)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="time bound per phase")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    if args.url and urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("--url must point at 127.0.0.1/localhost: this script only loads local servers")
+    rng = np.random.default_rng(args.seed)
+    items = read_parquet(args.run / "items.parquet")
+    events = read_parquet(args.run / "events.parquet", columns=["user_id", "item_id", "timestamp", "split"])
+    ids = items["item_id"].to_numpy()
+    media = [p for col in ("image", "audio") for p in items[col].dropna()]
+    media_root = os.path.commonpath(media) if media else ""
+    train = events[events["split"] == "train"]
+    users = train["user_id"].value_counts().index[:200].to_numpy()
+    histories = {int(u): g.sort_values("timestamp")["item_id"].tolist()[-50:] for u, g in
+                 train[train["user_id"].isin(users)].groupby("user_id")}
+    rows = list(items.itertuples())
+    batches = [[new_item(rows[j]) for j in rng.choice(len(rows), args.batch, replace=False)] for _ in range(8)]
+    n_codes = len(read_parquet(args.run / "codes.parquet", columns=["item_id"]))
+
+    proc = None
+    log = Path(tempfile.mkdtemp(prefix="qarm-load-")) / "server.log"
+    url = args.url
+    if not url:
+        t0 = time.perf_counter()
+        proc, url = start_server(args.run, media_root, args.codes, log)
+        print(f"server up in {time.perf_counter() - t0:.1f}s at {url} (log {log})")
+    try:
+        health = httpx.get(f"{url}/health").json()
+        print(f"run {args.run}: {len(ids)} items, {n_codes} codes in {health['codes_store']}; "
+              f"{args.clients} clients, {os.cpu_count()} CPU cores shared by server and clients")
+        user_list = list(histories)
+        lookup = lambda i: {"method": "GET", "path": f"/items/{ids[(i * 7919) % len(ids)]}/codes"}  # noqa: E731
+
+        def rank_req(i: int) -> dict[str, Any]:
+            u = user_list[i % len(user_list)]
+            cands = ids[np.random.default_rng(i).choice(len(ids), args.candidates, replace=False)].tolist()
+            return {"method": "POST", "path": "/rank", "json": {"user_id": u, "history": histories[u],
+                                                                "candidates": cands}}
+
+        results: dict[str, dict[str, Any]] = {}
+        phase = lambda make, n: asyncio.run(run_phase(url, make, n, args.clients, args.max_seconds))  # noqa: E731
+        phase(lambda i: {"method": "GET", "path": "/health"}, 200)  # warm-up: connections, code paths
+        results["health"] = phase(lambda i: {"method": "GET", "path": "/health"}, args.requests)
+        results["codes_get"] = phase(lookup, args.requests)
+        phase(lambda i: {"method": "POST", "path": "/items/codes", "json": {"items": batches[i % 8]}}, 2)
+        results["items_codes"] = phase(
+            lambda i: {"method": "POST", "path": "/items/codes", "json": {"items": batches[i % len(batches)]}},
+            max(16, args.requests // 30))
+        phase(rank_req, 2)
+        results["rank"] = phase(rank_req, max(50, args.requests // 10))
+
+        # bad-input burst, with lookups running beside it
+        bad = bad_requests(int(ids[0]))
+
+        async def burst() -> tuple[dict, dict]:
+            bad_task = run_phase(url, lambda i: dict(bad[i % len(bad)]), len(bad) * 10, max(2, args.clients // 2),
+                                 args.max_seconds)
+            good_task = run_phase(url, lookup, args.requests // 3, max(2, args.clients // 2), args.max_seconds)
+            return tuple(await asyncio.gather(bad_task, good_task))  # type: ignore[return-value]
+
+        results["bad_burst"], results["codes_get_during_burst"] = asyncio.run(burst())
+        n_garbage = raw_garbage(url)
+        results["codes_get_after_burst"] = phase(lookup, args.requests)
+        alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+        floor = in_process_floor(args.run, batches[0], histories[user_list[0]],
+                                 ids[rng.choice(len(ids), args.candidates, replace=False)].tolist(), repeat=5)
+        ref = results["health"]
+        print(f"\n{'endpoint':<34} {'n':>6} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9} {'p50/health':>12} "
+              f"{'p50/in-proc':>12}  statuses")
+        print(fmt_row("GET /health (reference)", ref, None))
+        print(fmt_row("GET /items/{id}/codes", results["codes_get"], ref))
+        print(fmt_row(f"POST /items/codes (batch {args.batch})", results["items_codes"], ref,
+                      floor["encode_assign"] * 1e3))
+        print(fmt_row(f"POST /rank ({args.candidates} candidates)", results["rank"], ref, floor["rank"] * 1e3))
+        print(fmt_row("bad-input burst", results["bad_burst"], ref))
+        print(fmt_row("GET codes during the burst", results["codes_get_during_burst"], ref))
+        print(fmt_row("GET codes after the burst", results["codes_get_after_burst"], ref))
+        print(f"\nin-process floor (no HTTP, same calls): encode+assign {args.batch} items "
+              f"{floor['encode_assign'] * 1e3:.1f} ms, rank {args.candidates} candidates {floor['rank'] * 1e3:.2f} ms")
+        items_per_s = results["items_codes"]["rps"] * args.batch
+        print(f"cold-start throughput: {items_per_s:.0f} new items/s; rank throughput: "
+              f"{results['rank']['rps'] * args.candidates:.0f} candidates/s")
+        print(f"raw-socket garbage connections: {n_garbage}; server alive after: {alive}")
+
+        bad_5xx = sum(v for k, v in results["bad_burst"]["statuses"].items() if k >= 500)
+        good_fail = sum(sum(v for k, v in results[p]["statuses"].items() if k != 200) + sum(results[p]["errors"].values())
+                        for p in ("health", "codes_get", "items_codes", "rank", "codes_get_during_burst",
+                                  "codes_get_after_burst"))
+        ok = alive and bad_5xx == 0 and good_fail == 0 and not results["bad_burst"]["errors"]
+        print(f"bad inputs answered 5xx: {bad_5xx}; good requests failed: {good_fail} -> {'PASS' if ok else 'FAIL'}")
+        if args.json:
+            args.json.write_text(json.dumps({"results": results, "in_process_s": floor, "alive": alive,
+                                             "clients": args.clients, "batch": args.batch,
+                                             "candidates": args.candidates}, indent=2, default=str))
+        return 0 if ok else 1
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

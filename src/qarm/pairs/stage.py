@@ -1,0 +1,131 @@
+"""The ``pairs`` stage: U2I two-tower + trigger mining, and Swing I2I, into pairs.parquet.
+
+Reads items.parquet and events.parquet (train-split positives for everything that is learned or
+mined; valid-split positives only to measure U2I recall). Writes pairs.parquet (trigger_id,
+target_id, source, score; unordered duplicates removed), pairs/u2i_item_emb.npy (items order) and
+pairs/u2i_model.pt (the U2I model, also its per-epoch checkpoint).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from qarm.config import Config
+from qarm.errors import ConfigError
+from qarm.io import path_sha256, read_parquet, write_npy, write_parquet
+from qarm.pairs.inputs import Positives, load_positives
+from qarm.pairs.quality import business_agreement
+from qarm.pairs.swing import Swing
+from qarm.pairs.triggers import mine_triggers
+from qarm.pairs.twotower import U2IRetriever, recall_at_k
+from qarm.runner import RunDir
+
+SOURCES = ("u2i", "i2i")
+RECALL_KS = (10, 50, 100)
+PAIRS_SCHEMA = pa.schema([("trigger_id", pa.int64()), ("target_id", pa.int64()), ("source", pa.string()),
+                          ("score", pa.float32())])
+
+
+def run_pairs(cfg: Config, run: RunDir) -> dict:
+    pc = cfg.pairs
+    bad = [s for s in pc.sources if s not in SOURCES]
+    if bad or not pc.sources:
+        raise ConfigError(f"pairs.sources: {bad[0] if bad else 'empty'!r} is not a pair source; "
+                          f"choose from {', '.join(SOURCES)}")
+    items, events = run.items(), run.events()
+    items_file, events_file = str(run / "items.parquet"), str(run / "events.parquet")
+    train = load_positives(items, events, pc.label, "train", items_file, events_file)
+    valid = load_positives(items, events, pc.label, "valid", items_file, events_file)
+    item_ids = items["item_id"].to_numpy(dtype=np.int64)
+    metrics: dict = {"n_items": len(items), **train.counts}
+
+    # U2I: always trained (its item embedding is an artifact of this stage), pairs only if asked
+    u2i = U2IRetriever(len(items), pc.u2i_dim, pc.u2i_history, pc.u2i_epochs, pc.u2i_batch_size, pc.u2i_lr,
+                       pc.u2i_temperature, pc.u2i_logq, pc.u2i_pooling, seed=cfg.seed)
+    key = f"{cfg.section_hash(['pairs'])}:{path_sha256(run / 'events.parquet')}"
+    u2i.fit(train.user, train.item, train.time, checkpoint=run.subdir("pairs") / "u2i_model.pt", checkpoint_key=key)
+    emb = u2i.item_embeddings()
+    write_npy(run / "pairs" / "u2i_item_emb.npy", emb)
+    metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
+    metrics.update(_recall(u2i, train, valid))
+
+    tables = []
+    for source in pc.sources:
+        if source == "u2i":
+            trig, targ, score, _ = mine_triggers(train.user, train.item, train.time, emb, pc.trigger_window)
+            metrics["n_events_without_trigger"] = int(len(train.user) - len(trig))
+            keep = score > pc.trigger_min_score
+            tables.append(_table(item_ids[trig[keep]], item_ids[targ[keep]], "u2i", score[keep]))
+        else:
+            swing = Swing(pc.swing_alpha, pc.swing_max_user_history, pc.swing_max_item_users, pc.swing_topn,
+                          random_state=cfg.seed).fit(train.user, train.item, train.time)
+            a, b, score = swing.pairs(pc.swing_min_score, pc.swing_mutual)
+            metrics["n_repeat_positives"] = int(swing.n_repeats_)
+            tables.append(_table(item_ids[a], item_ids[b], "i2i", score))
+    pairs, n_dup = dedupe_unordered(pd.concat(tables, ignore_index=True))
+    write_parquet(run / "pairs.parquet", pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False))
+
+    touched = np.unique(np.concatenate([pairs["trigger_id"].to_numpy(), pairs["target_id"].to_numpy()]))
+    metrics.update({
+        "n_u2i": int((pairs["source"] == "u2i").sum()),
+        "n_i2i": int((pairs["source"] == "i2i").sum()),
+        "n_pairs": len(pairs),
+        "n_duplicate_pairs": n_dup,
+        "item_coverage": len(touched) / max(len(items), 1),
+        "item_coverage_of_positive_items": len(touched) / max(len(items) - train.counts["n_items_never_positive"], 1),
+    })
+    truth_path = run / "data" / "ground_truth.parquet"
+    if truth_path.exists() and len(pairs):
+        metrics.update(business_agreement(pairs, items, read_parquet(truth_path), cfg.seed))
+    return metrics
+
+
+def _table(trigger: np.ndarray, target: np.ndarray, source: str, score: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"trigger_id": trigger.astype(np.int64), "target_id": target.astype(np.int64),
+                         "source": source, "score": score.astype(np.float32)})
+
+
+def dedupe_unordered(pairs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the first row of every unordered item pair {trigger, target} (sources in the given order,
+    highest score first within a source). Returns (pairs sorted deterministically, rows dropped)."""
+    src_rank = pairs["source"].map({s: k for k, s in enumerate(dict.fromkeys(pairs["source"]))})
+    a, b = pairs["trigger_id"].to_numpy(), pairs["target_id"].to_numpy()
+    keyed = pairs.assign(_src=src_rank.to_numpy(), _lo=np.minimum(a, b), _hi=np.maximum(a, b))
+    keyed = keyed[keyed["_lo"] != keyed["_hi"]]
+    keyed = keyed.sort_values(["_src", "score", "trigger_id", "target_id"], ascending=[True, False, True, True],
+                              kind="stable")
+    out = keyed.drop_duplicates(["_lo", "_hi"], keep="first")
+    out = out.sort_values(["_src", "trigger_id", "target_id"], kind="stable")
+    return out.drop(columns=["_src", "_lo", "_hi"]).reset_index(drop=True), int(len(pairs) - len(out))
+
+
+def _recall(u2i: U2IRetriever, train: Positives, valid: Positives) -> dict:
+    """Recall@k of each user's first valid positive over the whole catalogue, two-tower vs popularity.
+
+    The user tower sees the user's latest training positives; both rankers exclude the user's
+    training positives (never the target).
+    """
+    if len(valid.user) == 0:
+        return {"n_valid_users": 0}
+    order = np.lexsort((valid.time, valid.user))
+    first = order[np.r_[True, valid.user[order][1:] != valid.user[order][:-1]]]
+    users, targets = valid.user[first], valid.item[first]
+    by_user = np.lexsort((train.time, train.user))
+    t_user, t_item = train.user[by_user], train.item[by_user]
+    lo = np.searchsorted(t_user, users, side="left")
+    hi = np.searchsorted(t_user, users, side="right")
+    seen = [t_item[a:b] for a, b in zip(lo, hi)]
+    h = u2i.history
+    hist = np.full((len(users), h), -1, dtype=np.int64)
+    idx = hi[:, None] - h + np.arange(h)
+    ok = idx >= np.maximum(lo, hi - h)[:, None]
+    hist[ok] = t_item[idx[ok]]
+    scores = u2i.user_embeddings(users, hist) @ u2i.item_embeddings().T
+    model = recall_at_k(scores, targets, seen, RECALL_KS)
+    pop = recall_at_k(np.broadcast_to(u2i.item_counts_.astype(np.float32), scores.shape), targets, seen, RECALL_KS)
+    out = {"n_valid_users": int(len(users))}
+    out.update({f"u2i_recall@{k}": v for k, v in model.items()})
+    out.update({f"popularity_recall@{k}": v for k, v in pop.items()})
+    return out

@@ -1,0 +1,249 @@
+"""RQ-Kmeans: residual k-means semantic IDs, L levels of K_l codes each.
+
+Level l runs k-means (faiss, k-means++ seeds, best of ``n_init``) on what the levels before it left
+unexplained; the code of an item is its nearest centroid per level. Then ``refine_rounds`` of joint
+codebook refinement: each level's centroids are re-estimated as the mean of ``x - (all other levels'
+centroids)`` over its items, which lowers the error greedy level-by-level training leaves behind.
+
+``balanced=True`` adds capacity-capped last-level assignment (``qarm.quant.balance``): sparse prices
+that push items out of over-full full codes at a bounded error cost. The transform stays one GEMM +
+argmin per level; the prices are a lookup added before the last argmin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qarm.io import read_json, read_npy, write_json, write_npy
+from qarm.quant.balance import add_prices, fit_prices
+from qarm.quant.checks import QuantizeError, check_embeddings
+from qarm.quant.kmeans import NearestCentroid, fit_kmeans
+
+
+class RQKMeans:
+    """Residual k-means quantiser (scikit-learn style).
+
+    Parameters: ``sizes`` codes per level; ``n_iter`` Lloyd iterations; ``n_init`` restarts per level;
+    ``init`` "kmeans++" or "random"; ``max_train_points`` k-means sample (0 = all); ``refine_rounds``;
+    ``balanced`` and its ``balance_budget`` (max extra squared error per item as a share of the mean
+    error), ``balance_candidates`` and ``balance_rounds``; ``chunk_size`` rows per transform chunk; ``seed``.
+
+    Learned: ``codebooks_`` list of float32 [K_l, dim]; ``price_keys_`` int64 [p], ``price_values_``
+    float32 [p] (balanced); ``dim_``; ``fit_mse_`` mean squared error on the fitted items.
+    """
+
+    def __init__(self, sizes: Sequence[int] = (256, 256, 256), *, n_iter: int = 25, n_init: int = 1,
+                 init: str = "kmeans++", max_train_points: int = 500_000, refine_rounds: int = 2,
+                 balanced: bool = True, balance_budget: float = 0.2, balance_candidates: int = 32,
+                 balance_rounds: int = 30, chunk_size: int = 16384, seed: int = 0, verbose: bool = False) -> None:
+        self.sizes = [int(k) for k in sizes]
+        self.n_iter, self.n_init, self.init = n_iter, n_init, init
+        self.max_train_points, self.refine_rounds = max_train_points, refine_rounds
+        self.balanced, self.balance_budget = balanced, balance_budget
+        self.balance_candidates, self.balance_rounds = balance_candidates, balance_rounds
+        self.chunk_size, self.seed, self.verbose = chunk_size, seed, verbose
+        if not self.sizes or min(self.sizes) < 1:
+            raise QuantizeError(f"rq_sizes must be a non-empty list of positive code counts, got {list(sizes)}")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: np.ndarray) -> "RQKMeans":
+        """Fit codebooks (and balance prices) on X float32 [n, dim]."""
+        X = check_embeddings(X, "RQKMeans.fit(X)", allow_zero=True)
+        n, self.dim_ = X.shape
+        rng = np.random.default_rng(self.seed)
+        train = X
+        if self.max_train_points and n > self.max_train_points:
+            train = X[np.sort(rng.choice(n, self.max_train_points, replace=False))]
+        r = train.copy()
+        self.codebooks_ = []
+        for level, k in enumerate(tqdm(self.sizes, desc="rq levels", disable=not self.verbose, leave=False)):
+            C, _ = fit_kmeans(r, k, n_iter=self.n_iter, n_init=self.n_init, init=self.init,
+                              seed=self.seed * 1000 + level)
+            self.codebooks_.append(C)
+            r -= C[NearestCentroid(C).assign(r)]
+        self._refine(train)
+        self.price_keys_ = np.empty(0, np.int64)
+        self.price_values_ = np.empty(0, np.float32)
+        if self.balanced:
+            self._fit_prices(X)
+        return self
+
+    def _refine(self, X: np.ndarray) -> None:
+        """Joint refinement: re-encode, then set each level's centroids to the mean of what it should explain."""
+        best_mse = _mse(X, self._decode(self._encode(X, prices=False)))
+        for _ in range(self.refine_rounds):
+            old = [C.copy() for C in self.codebooks_]
+            codes = self._encode(X, prices=False)
+            resid = X - self._decode(codes)
+            for level, C in enumerate(self.codebooks_):
+                a = codes[:, level]
+                target = resid + C[a]  # what this level must explain given all the others
+                sums, counts = _cluster_sums(a, target, len(C))
+                used = counts > 0  # an empty cluster keeps its centroid
+                C[used] = sums[used] / counts[used, None]
+                resid = target - C[a]
+            mse = _mse(X, self._decode(self._encode(X, prices=False)))
+            if mse >= best_mse:  # greedy re-encoding can undo the gain: keep the better codebooks
+                self.codebooks_ = old
+                break
+            best_mse = mse
+
+    def _fit_prices(self, X: np.ndarray) -> None:
+        """Capacity-capped last level on every fitted item (the catalogue whose collisions matter)."""
+        m = min(self.balance_candidates, self.sizes[-1])
+        n = X.shape[0]
+        cand = np.empty((n, m), np.int32)
+        cost = np.empty((n, m), np.float32)
+        prefix = np.empty(n, np.int64)
+        sq_err = 0.0
+        last = NearestCentroid(self.codebooks_[-1])
+        for s, chunk in self._chunks(X):
+            codes, r = self._encode_chunk(chunk, upto=len(self.sizes) - 1)
+            prefix[s:s + len(chunk)] = self._prefix(codes)
+            sc = last.scores(r)
+            top = np.argpartition(sc, m - 1, axis=1)[:, :m] if m < sc.shape[1] else np.tile(np.arange(m), (len(sc), 1))
+            cand[s:s + len(chunk)] = top
+            cost[s:s + len(chunk)] = np.take_along_axis(sc, top, 1)
+            best = sc.min(axis=1) + np.einsum("ij,ij->i", r, r)
+            sq_err += float(np.maximum(best, 0).sum())
+        max_price = self.balance_budget * sq_err / max(n, 1)
+        self.price_keys_, self.price_values_ = fit_prices(cand, cost, prefix, self.sizes[-1], max_price,
+                                                          self.balance_rounds, verbose=self.verbose)
+
+    # ------------------------------------------------------------ transform
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Codes int32 [n, L] of X float32 [n, dim], computed chunk by chunk (GEMM + argmin per level)."""
+        self._check_fitted()
+        X = check_embeddings(X, "RQKMeans.transform(X)", dim=self.dim_, allow_zero=True)
+        return self._encode(X, prices=True)
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstruction float32 [n, dim] = sum of each level's centroid, from codes int [n, L]."""
+        self._check_fitted()
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != len(self.sizes):
+            raise QuantizeError(f"expected codes of shape [n, {len(self.sizes)}], got {codes.shape}")
+        for level, k in enumerate(self.sizes):
+            bad = np.flatnonzero((codes[:, level] < 0) | (codes[:, level] >= k))
+            if bad.size:
+                raise QuantizeError(f"level {level + 1} codes must lie in [0, {k}); rows {bad[:10].tolist()} do not")
+        return self._decode(codes)
+
+    def transform_batches(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """Stream: codes int32 [b, L] for each float32 [b, dim] batch (a catalogue larger than memory)."""
+        self._check_fitted()
+        offset = 0
+        for batch in batches:
+            batch = check_embeddings(batch, "embedding batch", dim=self.dim_, allow_zero=True, offset=offset)
+            offset += len(batch)
+            yield self._encode(batch, prices=True)
+
+    def transform_parquet(self, path: str | Path, column: str = "embedding", batch_rows: int = 65536) -> np.ndarray:
+        """Codes int32 [n, L] for a Parquet file whose ``column`` holds one list<float> embedding per row.
+
+        Reads ``batch_rows`` rows at a time, so only the codes (L ints per item) are held for the whole file.
+        """
+        from qarm.quant.parquet import iter_embedding_batches
+
+        return np.concatenate(list(self.transform_batches(iter_embedding_batches(path, column, batch_rows))) or
+                              [np.empty((0, len(self.sizes)), np.int32)])
+
+    # -------------------------------------------------------------- helpers
+    def _chunks(self, X: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for s in range(0, X.shape[0], self.chunk_size):
+            yield s, X[s:s + self.chunk_size]
+
+    def _encode(self, X: np.ndarray, prices: bool) -> np.ndarray:
+        codes = np.empty((X.shape[0], len(self.sizes)), np.int32)
+        searchers = [NearestCentroid(C) for C in self.codebooks_]
+        for s, chunk in self._chunks(X):
+            codes[s:s + len(chunk)], _ = self._encode_chunk(chunk, len(self.sizes), prices, searchers)
+        return codes
+
+    def _encode_chunk(self, chunk: np.ndarray, upto: int, prices: bool = False,
+                      searchers: list[NearestCentroid] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Codes of the first ``upto`` levels and the residual they leave, for one chunk."""
+        searchers = searchers or [NearestCentroid(C) for C in self.codebooks_]
+        r = np.array(chunk, dtype=np.float32, copy=True)
+        codes = np.empty((len(chunk), upto), np.int32)
+        last = len(self.sizes) - 1
+        for level in range(upto):
+            nc = searchers[level]
+            sc = nc.scores(r)
+            if prices and level == last and self.price_keys_.size:
+                add_prices(sc, self._prefix(codes[:, :last]), self.price_keys_, self.price_values_, self.sizes[-1])
+            a = sc.argmin(axis=1)
+            codes[:, level] = a
+            r -= nc.centroids[a]
+        return codes, r
+
+    def _prefix(self, codes: np.ndarray) -> np.ndarray:
+        """Codes of the first levels as one mixed-radix int64 per row (0 when there is no prefix)."""
+        key = np.zeros(len(codes), np.int64)
+        for level in range(codes.shape[1]):
+            key = key * self.sizes[level] + codes[:, level]
+        return key
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        out = np.zeros((codes.shape[0], self.dim_), np.float32)
+        for level, C in enumerate(self.codebooks_):
+            out += C[codes[:, level]]
+        return out
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "codebooks_"):
+            raise QuantizeError("RQKMeans is not fitted: call fit() or RQKMeans.load(path) first")
+
+    # ------------------------------------------------------------ save/load
+    def save(self, directory: str | Path) -> None:
+        """Write rq.json, rq_codebook_<l>.npy per level and rq_price_{keys,values}.npy (atomic writes)."""
+        self._check_fitted()
+        d = Path(directory)
+        for level, C in enumerate(self.codebooks_):
+            write_npy(d / f"rq_codebook_{level}.npy", C)
+        write_npy(d / "rq_price_keys.npy", self.price_keys_)
+        write_npy(d / "rq_price_values.npy", self.price_values_)
+        write_json(d / "rq.json", {"params": self.get_params(), "dim": self.dim_})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "RQKMeans":
+        d = Path(directory)
+        meta = read_json(d / "rq.json")
+        if meta is None:
+            raise QuantizeError(f"{d / 'rq.json'} is missing: run the 'quantize' stage first")
+        model = cls(**meta["params"])
+        model.dim_ = int(meta["dim"])
+        model.codebooks_ = [read_npy(d / f"rq_codebook_{level}.npy") for level in range(len(model.sizes))]
+        model.price_keys_ = read_npy(d / "rq_price_keys.npy")
+        model.price_values_ = read_npy(d / "rq_price_values.npy")
+        return model
+
+    def get_params(self) -> dict:
+        return {"sizes": self.sizes, "n_iter": self.n_iter, "n_init": self.n_init, "init": self.init,
+                "max_train_points": self.max_train_points, "refine_rounds": self.refine_rounds,
+                "balanced": self.balanced, "balance_budget": self.balance_budget,
+                "balance_candidates": self.balance_candidates, "balance_rounds": self.balance_rounds,
+                "chunk_size": self.chunk_size, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        return f"RQKMeans({json.dumps(self.get_params())})"
+
+
+def _mse(X: np.ndarray, Xhat: np.ndarray) -> float:
+    return float(np.mean(np.einsum("ij,ij->i", X - Xhat, X - Xhat)))
+
+
+def _cluster_sums(a: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums float32 [k, d] and counts int64 [k] of x [n, d] by label a [n] (sparse one-hot GEMM)."""
+    import scipy.sparse as sp
+
+    onehot = sp.csr_matrix((np.ones(len(a), np.float32), (a, np.arange(len(a)))), shape=(k, len(a)))
+    return np.asarray(onehot @ x, dtype=np.float32), np.bincount(a, minlength=k)
