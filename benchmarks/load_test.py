@@ -238,7 +238,8 @@ def fmt_row(name: str, res: dict[str, Any], ref: dict[str, Any] | None, floor_ms
     ratio = f"{res['p50_ms'] / ref['p50_ms']:7.1f}x" if ref else "    ref"
     fl = f"{res['p50_ms'] / floor_ms:6.2f}x" if floor_ms else "     -"
     return (f"{name:<34} {res['n']:>6} {res['p50_ms']:>9.2f} {res['p99_ms']:>9.2f} {res['rps']:>9.1f} "
-            f"{ratio:>12} {fl:>12}  {res['statuses']}{' errors=' + str(res['errors']) if res['errors'] else ''}")
+            f"{res['server_cpu_ms']:>9.2f} {ratio:>11} {fl:>11}  "
+            f"{res['statuses']}{' errors=' + str(res['errors']) if res['errors'] else ''}")
 
 
 def main() -> int:
@@ -277,6 +278,8 @@ def main() -> int:
     if not url:
         t0 = time.perf_counter()
         proc, url = start_server(args.run, media_root, args.codes, log)
+        global SERVER_PID
+        SERVER_PID = proc.pid
         print(f"server up in {time.perf_counter() - t0:.1f}s at {url} (log {log})")
     try:
         health = httpx.get(f"{url}/health").json()
@@ -303,6 +306,15 @@ def main() -> int:
         phase(rank_req, 2)
         results["rank"] = phase(rank_req, max(50, args.requests // 10))
 
+        async def mixed() -> tuple[dict, dict]:
+            # lookups while cold-start encodes hold the model lock: the event loop must keep answering
+            enc = run_phase(url, lambda i: {"method": "POST", "path": "/items/codes",
+                                            "json": {"items": batches[i % len(batches)]}}, 4, 2, args.max_seconds)
+            look = run_phase(url, lookup, args.requests // 3, max(2, args.clients // 2), args.max_seconds)
+            return tuple(await asyncio.gather(enc, look))  # type: ignore[return-value]
+
+        results["items_codes_mixed"], results["codes_get_during_encodes"] = asyncio.run(mixed())
+
         # bad-input burst, with lookups running beside it
         bad = bad_requests(int(ids[0]))
 
@@ -320,13 +332,14 @@ def main() -> int:
         floor = in_process_floor(args.run, batches[0], histories[user_list[0]],
                                  ids[rng.choice(len(ids), args.candidates, replace=False)].tolist(), repeat=5)
         ref = results["health"]
-        print(f"\n{'endpoint':<34} {'n':>6} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9} {'p50/health':>12} "
-              f"{'p50/in-proc':>12}  statuses")
+        print(f"\n{'endpoint':<34} {'n':>6} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9} {'srv cpu ms':>9} "
+              f"{'p50/health':>11} {'p50/in-proc':>11}  statuses")
         print(fmt_row("GET /health (reference)", ref, None))
         print(fmt_row("GET /items/{id}/codes", results["codes_get"], ref))
         print(fmt_row(f"POST /items/codes (batch {args.batch})", results["items_codes"], ref,
                       floor["encode_assign"] * 1e3))
         print(fmt_row(f"POST /rank ({args.candidates} candidates)", results["rank"], ref, floor["rank"] * 1e3))
+        print(fmt_row("GET codes during encodes", results["codes_get_during_encodes"], ref))
         print(fmt_row("bad-input burst", results["bad_burst"], ref))
         print(fmt_row("GET codes during the burst", results["codes_get_during_burst"], ref))
         print(fmt_row("GET codes after the burst", results["codes_get_after_burst"], ref))
@@ -340,7 +353,7 @@ def main() -> int:
         bad_5xx = sum(v for k, v in results["bad_burst"]["statuses"].items() if k >= 500)
         good_fail = sum(sum(v for k, v in results[p]["statuses"].items() if k != 200) + sum(results[p]["errors"].values())
                         for p in ("health", "codes_get", "items_codes", "rank", "codes_get_during_burst",
-                                  "codes_get_after_burst"))
+                                  "codes_get_after_burst", "items_codes_mixed", "codes_get_during_encodes"))
         ok = alive and bad_5xx == 0 and good_fail == 0 and not results["bad_burst"]["errors"]
         print(f"bad inputs answered 5xx: {bad_5xx}; good requests failed: {good_fail} -> {'PASS' if ok else 'FAIL'}")
         if args.json:

@@ -44,9 +44,9 @@ def make_ml100k(tmp_path):
 
 @pytest.fixture
 def make_ml1m(tmp_path):
-    """ml-1m layout: ``::``-separated latin-1 .dat files, nested one folder down."""
+    """ml-1m layout: ``::``-separated .dat files (latin-1 as ml-1m; UTF-8 as ml-10m), nested one folder down."""
 
-    def make() -> Path:
+    def make(encoding: str = "latin-1") -> Path:
         root = tmp_path / "download"
         d = root / "ml-1m"
         d.mkdir(parents=True)
@@ -55,7 +55,7 @@ def make_ml1m(tmp_path):
                                                r[["user_id", "item_id", "rating", "timestamp"]].itertuples(index=False)))
         movies = "".join(f"{i}::{'Café Society' if i == 4 else f'Film {i}'} (1999)::Comedy|Drama\n"
                          for i in range(1, N_ITEMS + 1))
-        (d / "movies.dat").write_bytes(movies.encode("latin-1"))
+        (d / "movies.dat").write_bytes(movies.encode(encoding))
         (d / "users.dat").write_text("".join(f"{u}::M::25::0::00000\n" for u in range(1, N_USERS + 1)))
         return root
 

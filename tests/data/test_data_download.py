@@ -76,3 +76,13 @@ def test_download_errors(mirror, tmp_path):
     assert not (tmp_path / "evil.txt").exists() and list((tmp_path / "d").iterdir()) == []
     with pytest.raises(DataError, match="expected 'sha256:<hex>'"):
         download_movielens("ml-100k", tmp_path / "d", base_url=url, checksum="crc:12")
+
+
+def test_cli_download(mirror, tmp_path, capsys):
+    from qarm.cli import main as cli_main
+
+    url, _ = mirror
+    assert cli_main(["download", "ml-latest-small", "--to", str(tmp_path / "d"), "--url", url]) == 0
+    assert (tmp_path / "d" / "ml-latest-small" / "movies.csv").exists()
+    assert cli_main(["download", "ml-1m", "--to", str(tmp_path / "d"), "--url", url]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err

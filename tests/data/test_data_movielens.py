@@ -57,8 +57,9 @@ def test_ml100k_without_extras(make_ml100k, tmp_path):
     assert p.skipped["missing_image"] == 0  # no posters folder: no image modality, nothing skipped
 
 
-def test_ml1m_layout_double_colon_latin1(make_ml1m, tmp_path):
-    root = make_ml1m()
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
+def test_ml1m_layout_double_colon(make_ml1m, tmp_path, encoding):
+    root = make_ml1m(encoding)
     assert detect_layout(root)[0] == "ml-1m"  # found one folder below
     p = run_prepare_on(root, tmp_path)
     assert len(p.items) == N_ITEMS and len(p.events) == len(ratings_table(1))

@@ -100,7 +100,7 @@ def test_rerender_replaces_media_folder(tmp_path):
 
     big, small = SyntheticConfig(n_users=20, n_items=30, n_events=100), SyntheticConfig(n_users=20, n_items=10, n_events=100)
     render_media(generate_world(big, 0, False), big, 0, tmp_path / "media", False)
-    (tmp_path / ".media.abc.tmp").mkdir()  # as left by a run killed mid-render
+    (tmp_path / ".media.abc.partial").mkdir()  # as left by a run killed mid-render
     paths = render_media(generate_world(small, 0, False), small, 0, tmp_path / "media", False)
     assert sorted(p.name for p in (tmp_path / "media" / "images").iterdir()) == sorted(f"{i}.png" for i in range(1, 11))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["media"]

@@ -183,3 +183,14 @@ def test_is_member_matches_numpy_isin():
         catalog = np.concatenate([catalog, values[:50]]) if len(catalog) > 1 else catalog
         assert (is_member(values.copy(), catalog) == np.isin(values, catalog)).all()
     assert is_member(values, np.array([], dtype=np.int64)).sum() == 0
+
+
+def test_parquet_datetime_and_bool_columns(schema_files, tmp_path):
+    folder, _, events = schema_files()
+    events["timestamp"] = pd.to_datetime(events["timestamp"], unit="s")
+    events["click"] = events["click"].astype(bool)
+    events["user_id"] = events["user_id"].astype(str)  # string ids that are whole numbers are fine
+    schema_files(events=events, fmt="parquet")
+    p = prep(folder, tmp_path, "parquet")
+    assert p.events["timestamp"].min() == 880_000_000 and p.events["click"].dtype == np.int8
+    assert p.events["user_id"].dtype == np.int64 and not p.skipped.get("unparsable_timestamp")

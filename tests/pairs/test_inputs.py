@@ -79,8 +79,9 @@ def test_stage_reports_skipped_input_and_cli_prints_one_line(tmp_path):
     bad = events.copy()
     bad.loc[7, "item_id"] = 777
     write_parquet(run / "events.parquet", bad)
-    proc = subprocess.run([sys.executable, "-m", "qarm", "pairs", "--out", str(run.path), "--set", "pairs.u2i_epochs=1",
-                           str(tmp_path / "cfg.yaml")], capture_output=True, text=True,
-                          input=None, cwd=tmp_path, env=None) if (tmp_path / "cfg.yaml").write_text("name: t\n") else None
+    config = tmp_path / "cfg.yaml"
+    config.write_text("name: bad-input\npairs:\n  u2i_epochs: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "qarm", "pairs", str(config), "--out", str(run.path)],
+                          capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert "item_id 777" in proc.stderr and "row 7" in proc.stderr and "Traceback" not in proc.stderr

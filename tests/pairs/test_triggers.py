@@ -15,7 +15,7 @@ def test_matches_per_event_loop_with_ties_and_repeats():
     n = 6000
     user, item, time = rng.integers(0, 150, n), rng.integers(0, 80, n), rng.integers(0, 300, n)  # many ties, repeats
     emb = unit_rows(80, 8, 1)
-    trig, targ, score, event = mine_triggers(user, item, time, emb, window=6, batch_elems=500, progress=False)
+    trig, targ, score, event = mine_triggers(user, item, time, emb, window=6, block=8, chunk=256, progress=False)
     ref = mine_triggers_reference(user, item, time, emb, window=6)
     assert set(event.tolist()) == set(ref)
     np.testing.assert_array_equal(targ, item[event])

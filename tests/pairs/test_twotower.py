@@ -1,8 +1,6 @@
 """U2I two-tower: learns planted co-preference, is deterministic, resumes from its checkpoint."""
 
 import numpy as np
-import torch
-
 from qarm.pairs.twotower import U2IRetriever, recall_at_k
 
 
@@ -17,7 +15,6 @@ def clustered_log(n_users=300, n_items=120, per_user=20, n_clusters=6, seed=0):
 
 
 def test_learns_clusters_and_beats_popularity():
-    torch.set_num_threads(1)
     user, item, time = clustered_log()
     m = U2IRetriever(120, dim=16, history=10, epochs=4, batch_size=256, lr=0.01, progress=False).fit(user, item, time)
     emb = m.item_embeddings()
@@ -46,7 +43,6 @@ def test_never_positive_items_get_zero_rows_and_unknown_users_work():
 
 
 def test_deterministic_and_resumes_from_checkpoint(tmp_path):
-    torch.set_num_threads(1)
     user, item, time = clustered_log(n_users=80, n_items=60)
     kw = dict(dim=8, history=5, batch_size=128, seed=3, progress=False)
     full = U2IRetriever(60, epochs=3, **kw).fit(user, item, time)

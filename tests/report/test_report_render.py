@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -14,6 +15,7 @@ from qarm.report.stage import SECTIONS, build_report
 from qarm.runner import RunDir, run_stages
 from report_fixtures import render
 
+TESTS_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 IMG_SRC = re.compile(r'<img src="([^"]*)"')
 
 
@@ -113,3 +115,72 @@ def test_a_corrupt_artifact_costs_only_its_section(fake_run):
     assert "emb_aligned.npy 7, but items.parquet has 300 items" in align
     assert 'alt="recall raw against aligned"' in align   # the figures from metrics.json still drawn
     assert 'alt="events per split and modality coverage"' in page
+
+
+# the stages the real-run test drives (the pipeline_run cache shares them with the other stages' tests)
+REAL_STAGES = ["prepare", "pairs"]
+
+
+def test_report_of_a_real_demo_run(pipeline_run, chromium, tmp_path):
+    run = pipeline_run("demo-fast", REAL_STAGES)
+    from qarm.config import load_config
+
+    cfg = load_config(TESTS_CONFIGS / "demo-fast.yaml")
+    metrics_before = read_json(run / "metrics.json")
+    run_stages(cfg, run, stages=["report"], force=True, log=lambda _: None)
+    assert read_json(run / "metrics.json") == metrics_before
+    page = (run / "report.html").read_text()
+    assert 'class="error"' not in page
+    m = metrics_before
+    assert f'<div class="v">{m["prepare"]["n_items"]:,}</div><div class="k">n items</div>' in page
+    assert 'alt="events per split and modality coverage"' in page
+    if "pairs" in REAL_STAGES:
+        assert f'<div class="v">{m["pairs"]["n_u2i"]:,}</div><div class="k">n u2i</div>' in page
+        assert 'alt="U2I recall against popularity and pair quality"' in page
+    if "align" in REAL_STAGES:
+        assert "coloured by ground-truth business cluster" in page
+    for stage in ("pairs", "align", "quantize", "train"):
+        assert (f"The {stage} stage has not run" in page) == (stage not in REAL_STAGES)
+    images = _pngs(page)
+    shot = tmp_path / "real.png"
+    dom = render(chromium, run / "report.html", screenshot=shot, height=2000)
+    assert f'data-images="{len(images)}"' in dom and 'data-broken-images="0"' in dom
+    assert len(np.unique(np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3), axis=0)) > 200
+
+
+def _documented(doc: str) -> dict[str, set[str]]:
+    """Backticked names per '## `key`' section of docs/metrics.md."""
+    out: dict[str, set[str]] = {}
+    for block in doc.split("\n## `")[1:]:
+        key, _, body = block.partition("`")
+        out[key] = set(re.findall(r"`([^`]+)`", body))
+    return out
+
+
+def undocumented(metrics: dict, doc: str, tasks: list[str]) -> list[str]:
+    """Keys of metrics.json that no docs/metrics.md row names (variant, task, bucket names generalised)."""
+    from qarm.report.context import flatten
+
+    names = _documented(doc)
+    missing = []
+    for stage, figures in metrics.items():
+        for key, _ in flatten(figures):
+            parts = key.split(".")
+            if parts[0] in ("variants", "buckets") and len(parts) > 2:
+                parts[1] = "<variant>"
+                if parts[2] in tasks:
+                    parts[2] = "<task>"
+            if not any(".".join(parts[:i]) in names.get(stage, set()) for i in range(len(parts), 0, -1)):
+                missing.append(f"{stage}: {key}")
+    return missing
+
+
+def test_metrics_doc_names_every_key_a_real_run_writes(pipeline_run):
+    run = pipeline_run("demo-fast", REAL_STAGES)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    metrics = read_json(run / "metrics.json")
+    assert set(metrics) == {"prepare", "pairs", "align", "quantize", "rank"} & {
+        {"train": "rank"}.get(s, s) for s in REAL_STAGES}
+    assert undocumented(metrics, doc, ["click", "like"]) == []
+    # and the check bites: an undocumented key is found
+    assert undocumented({"pairs": {"n_u2i": 1, "made_up": 2}}, doc, []) == ["pairs: made_up"]

@@ -63,10 +63,11 @@ class AlignModel(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], live_towers: dict[str, nn.Module], hidden: int, dim: int,
                  kind: str = "mlp", modality_dropout: float = 0.0, dropout: float = 0.1, audio_dim: int = 128) -> None:
+        """in_dims: modality -> frozen feature size (audio: number of mel bands)."""
         super().__init__()
         self.modalities = list(in_dims)
         self.towers = nn.ModuleDict(live_towers)
-        self.audio = AudioCNN(audio_dim) if "audio" in in_dims else None
+        self.audio = AudioCNN(in_dims["audio"], audio_dim) if "audio" in in_dims else None
         dims = {m: (audio_dim if m == "audio" else d) for m, d in in_dims.items()}
         self.fusion = Fusion(dims, hidden, dim, kind, modality_dropout, dropout)
 

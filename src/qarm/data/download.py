@@ -104,7 +104,7 @@ def download_movielens(name: str, dest: str | Path, base_url: str | None = None,
             # Leaving the with-block by an exception removes the temp file: nothing corrupt stays.
             raise DataError(f"{algo} checksum mismatch: expected {expected}, got {digest.hexdigest()}", file=url)
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=dest))
     try:
         _safe_extract(archive, tmp_dir)
         entries = [p for p in tmp_dir.iterdir() if not p.name.startswith("__MACOSX")]

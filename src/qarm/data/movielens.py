@@ -75,21 +75,25 @@ def _read(path: Path, what: str, **kw) -> pd.DataFrame:
         raise DataError(f"cannot parse {what}: {exc}", file=str(path)) from None
 
 
-def _read_double_colon(path: Path, names: list[str], what: str) -> pd.DataFrame:
-    """``::``-separated latin-1 ``.dat``: swap the separator for a tab so the fast C parser reads it."""
+def _read_double_colon(path: Path, names: list[str], what: str, text: bool) -> pd.DataFrame:
+    """``::``-separated ``.dat``: swap the separator for a tab so the fast C parser reads it.
+
+    ml-1m is latin-1, ml-10m UTF-8: UTF-8 when the bytes decode as such, else latin-1.
+    ``text``: read every column as a string (movies); else let pandas infer numbers (ratings).
+    """
     if not path.exists():
         raise DataError(f"{what} file is missing", file=str(path))
     data = path.read_bytes().replace(b"::", b"\t")
-    return _read_buffer(data, path, what, names)
-
-
-def _read_buffer(data: bytes, path: Path, what: str, names: list[str]) -> pd.DataFrame:
     try:
-        df = pd.read_csv(io.BytesIO(data), sep="\t", header=None, names=names, encoding="latin-1",
-                         quoting=3, dtype=str, keep_default_na=False)
+        data.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        encoding = "latin-1"
+    try:
+        return pd.read_csv(io.BytesIO(data), sep="\t", header=None, names=names, encoding=encoding, quoting=3,
+                           dtype=str if text else None, keep_default_na=not text)
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"cannot parse {what}: {exc}", file=str(path)) from None
-    return df
 
 
 def load_ml100k(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
@@ -116,8 +120,8 @@ def _join_flags(flags: np.ndarray, names: np.ndarray, index: pd.Index) -> pd.Ser
 
 def load_ml1m(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     ratings_file, items_file = folder / "ratings.dat", folder / "movies.dat"
-    events = _read_double_colon(ratings_file, ["user_id", "item_id", "rating", "timestamp"], "ratings")
-    items = _read_double_colon(items_file, ["item_id", "title", "genres"], "movies")
+    events = _read_double_colon(ratings_file, ["user_id", "item_id", "rating", "timestamp"], "ratings", text=False)
+    items = _read_double_colon(items_file, ["item_id", "title", "genres"], "movies", text=True)
     out = pd.DataFrame({"item_id": items["item_id"], "title": items["title"], "category": _genres(items["genres"])})
     return out, events, str(items_file), str(ratings_file)
 

@@ -74,7 +74,10 @@ def parse_int_ids(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer ids -> (int64 values, bad mask). Bad: missing, not a number, not whole."""
     if pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans:
         return s.to_numpy(dtype=np.int64), np.zeros(len(s), dtype=bool)
-    num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    parsed = pd.to_numeric(s, errors="coerce")
+    if pd.api.types.is_integer_dtype(parsed.dtype) and not parsed.hasnans:  # e.g. all-digit strings: exact
+        return parsed.to_numpy(dtype=np.int64), np.zeros(len(s), dtype=bool)
+    num = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(num) | (num != np.round(num))
     return np.where(bad, 0, num).astype(np.int64), bad
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from qarm.data.config import SplitConfig
+from qarm.data.schema import SPLITS
 from qarm.errors import ConfigError
 
 
@@ -60,6 +61,36 @@ def draw_holdout(item_ids: np.ndarray, frac: float, seed: int) -> np.ndarray:
     return mask
 
 
+def time_order(ts: np.ndarray, user: np.ndarray, item: np.ndarray) -> np.ndarray | None:
+    """Permutation sorting events by (timestamp, user_id, item_id); None when already sorted.
+
+    When the three ranges fit in 63 bits together (the usual case) they are packed into one
+    int64 key: one argsort instead of ``np.lexsort``'s three passes (~10x faster on 10M events).
+    """
+    if len(ts) == 0:
+        return None
+    parts = [(a, int(a.min()), int(a.max())) for a in (ts, user, item)]
+    bits = [max(1, (hi - lo).bit_length()) for _, lo, hi in parts]
+    if sum(bits) > 63:
+        return np.lexsort((item, user, ts))
+    key = np.zeros(len(ts), dtype=np.int64)
+    for (a, lo, _), b in zip(parts, bits):
+        key = (key << b) | (a - lo)
+    if (key[1:] >= key[:-1]).all():
+        return None
+    return np.argsort(key, kind="stable")
+
+
+def row_of(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Row of each value in ``sorted_ids`` (every value must be present): lookup table when compact."""
+    lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
+    if hi - lo > max(4 * len(values), 1 << 24):
+        return np.searchsorted(sorted_ids, values)
+    table = np.zeros(hi - lo + 1, dtype=np.int64)
+    table[sorted_ids - lo] = np.arange(len(sorted_ids))
+    return table[values - lo]
+
+
 def split_events(items: pd.DataFrame, events: pd.DataFrame, cfg: SplitConfig,
                  seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Assign ``split`` to events and the cold-start flags to items.
@@ -69,8 +100,8 @@ def split_events(items: pd.DataFrame, events: pd.DataFrame, cfg: SplitConfig,
     ``split``, info with the cutoffs).
     """
     check_split_config(cfg)
-    order = np.lexsort((events["item_id"].to_numpy(), events["user_id"].to_numpy(), events["timestamp"].to_numpy()))
-    events = events.iloc[order].reset_index(drop=True)
+    order = time_order(events["timestamp"].to_numpy(), events["user_id"].to_numpy(), events["item_id"].to_numpy())
+    events = events.reset_index(drop=True) if order is None else events.iloc[order].reset_index(drop=True)
     ts = events["timestamp"].to_numpy()
     n = len(ts)
     if n == 0:
@@ -80,15 +111,16 @@ def split_events(items: pd.DataFrame, events: pd.DataFrame, cfg: SplitConfig,
         t_valid = int(ts[min(n - 1, int(np.floor(n * (cfg.train_frac + cfg.valid_frac))))])
     item_ids = items["item_id"].to_numpy()
     holdout = draw_holdout(item_ids, cfg.holdout_item_frac, seed)
-    pos = np.searchsorted(item_ids, events["item_id"].to_numpy())  # row of each event's item
+    pos = row_of(events["item_id"].to_numpy(), item_ids)  # row of each event's item
     held = holdout[pos]
-    split = np.where(ts < t_train, "train", np.where(ts < t_valid, "valid", "test")).astype(object)
-    split[held] = np.where(ts[held] >= t_valid, "cold_test", "cold_excluded")
-    events["split"] = split
+    # Codes into SPLITS (train, valid, test, cold_test, cold_excluded): a categorical, not 10M+ strings.
+    code = np.where(ts < t_train, 0, np.where(ts < t_valid, 1, 2)).astype(np.int8)
+    code[held] = np.where(ts[held] >= t_valid, 3, 4)
+    events["split"] = pd.Categorical.from_codes(code, categories=list(SPLITS))
 
     first_seen = np.full(len(item_ids), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first_seen, pos, ts)
-    train_count = np.bincount(pos[split == "train"], minlength=len(item_ids)).astype(np.int64)
+    train_count = np.bincount(pos[code == 0], minlength=len(item_ids)).astype(np.int64)
     items = items.copy()
     items["holdout"] = holdout
     items["cold"] = holdout | (first_seen >= t_train)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from qarm.data.schema import ITEMS_SCHEMA, SPLITS, validate_events
 from qarm.data.split import check_split_config, split_events
 from qarm.errors import ConfigError, DataError
 from qarm.io import write_json, write_parquet
+
+if TYPE_CHECKING:  # the runner imports stages lazily; a runtime import here would be circular-prone
+    from qarm.runner import RunDir
 
 
 @dataclass
@@ -126,7 +129,7 @@ def events_table(events: pd.DataFrame, label_columns: list[str]) -> pa.Table:
     if extra_table is not None:
         arrays += list(extra_table.columns)
         names += extras
-    arrays.append(pa.array(events["split"].to_numpy(dtype=object), type=pa.string()))
+    arrays.append(pa.array(events["split"]).cast(pa.string()))  # categorical -> plain strings, per contract
     names.append("split")
     return pa.Table.from_arrays(arrays, names=names)
 
@@ -158,7 +161,7 @@ def prepare_metrics(p: Prepared) -> dict[str, Any]:
     }
 
 
-def run_prepare(cfg: Config, run) -> dict[str, Any]:
+def run_prepare(cfg: Config, run: RunDir) -> dict[str, Any]:
     """Stage entry point: writes items.parquet, events.parquet, data/; returns the prepare figures."""
     data_dir = run.subdir("data")
     p = prepare(cfg, data_dir)

@@ -66,10 +66,10 @@ THEMES: dict[str, list[str]] = {
 ADJECTIVES = ("amazing quiet wild golden tiny secret epic cozy bright strange classic modern hidden "
               "lucky brave simple grand rapid gentle bold").split()
 TEMPLATES = (
-    "A {a} look at {w0} and {w1}, with {w2} along the way.",
-    "Everything about {w0}: {w1}, {w2} and a {a} {w3}.",
-    "How a {a} {w0} changed the world of {w1}.",
-    "Tips on {w0}, {w1} and {w2} for a {a} weekend.",
+    "{A} look at {w0} and {w1}, with {w2} along the way.",
+    "Everything about {w0}: {w1}, {w2} and {a} {w3}.",
+    "How {a} {w0} changed the world of {w1}.",
+    "Tips on {w0}, {w1} and {w2} for {a} weekend.",
 )
 SHAPES = ("circles", "squares", "triangles", "hstripes", "vstripes", "rings", "dots", "diagonals")
 NOISE_WORD_SHARE = 0.15  # share of description words taken from another topic: content is noisy
@@ -142,9 +142,11 @@ def _item_text(topic: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
         pick = [str(noise[rng.integers(len(noise))]) if rng.random() < NOISE_WORD_SHARE
                 else str(words[rng.integers(len(words))]) for _ in range(4)]
         adj = str(ADJECTIVES[rng.integers(len(ADJECTIVES))])
-        titles.append(f"{adj} {pick[0]} {words[rng.integers(len(words))]}".title())
+        t0, t1 = rng.choice(len(words), size=2, replace=False)
+        titles.append(f"{adj} {words[t0]} {words[t1]}".title())
         template = TEMPLATES[rng.integers(len(TEMPLATES))]
-        descs.append(template.format(a=adj, w0=pick[0], w1=pick[1], w2=pick[2], w3=pick[3]))
+        a_adj = f"{'an' if adj[0] in 'aeiou' else 'a'} {adj}"
+        descs.append(template.format(a=a_adj, A=a_adj.capitalize(), w0=pick[0], w1=pick[1], w2=pick[2], w3=pick[3]))
         tag_idx = rng.choice(len(words), size=3, replace=False)
         tags.append(", ".join(words[i] for i in sorted(tag_idx)))
         cats.append(cat)
@@ -287,9 +289,9 @@ def render_media(world: SyntheticWorld, cfg: SyntheticConfig, seed: int, media_d
     rng = _streams(seed)["media"]
     media_dir = Path(media_dir).resolve()
     media_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in media_dir.parent.glob(f".{media_dir.name}.*.tmp"):  # left by a run killed mid-render
+    for stale in media_dir.parent.glob(f".{media_dir.name}.*.partial"):  # left by a run killed mid-render
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{media_dir.name}.", suffix=".tmp", dir=media_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{media_dir.name}.", suffix=".partial", dir=media_dir.parent))
     try:
         (tmp / "images").mkdir()
         if cfg.with_audio:

@@ -5,13 +5,14 @@ user's latest ``window`` positives strictly before the target in time, the trigg
 the highest cosine to the target, never the target itself. Events are sorted by (user, time) once;
 an event's candidates are then one contiguous slice of that order, ``[max(user start, tie start -
 window), tie start)`` where "tie start" is the first event of the user with the same timestamp
-(so same-second events never see each other). Events are processed in batches of equal candidate
-count, as one [batch, width] gather and one batched dot product: no Python loop over events.
+(so same-second events never see each other). Similarities come from one batched GEMM per chunk
+of events over strided views (see ``mine_triggers``): no Python loop over events.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from tqdm.auto import tqdm
 
 
@@ -48,44 +49,64 @@ def padded_windows(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: in
 
 
 def mine_triggers(user: np.ndarray, item: np.ndarray, time: np.ndarray, emb: np.ndarray, window: int = 50,
-                  batch_elems: int = 1 << 22, progress: bool = True
+                  block: int = 64, chunk: int = 1 << 16, progress: bool = True
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Trigger of every positive event.
 
     user, item, time: int [n] positive events (item = row of ``emb``); emb: float32 [n_items, d],
-    L2-normalised rows. ``batch_elems`` bounds one batch's gathered candidates (batch x width).
-    Returns (trigger item int64 [m], target item int64 [m], cosine float32 [m], event int64 [m]:
-    position in the input arrays), m <= n: an event with no earlier positive other than its own
-    item has no trigger.
+    L2-normalised rows. Returns (trigger item int64 [m], target item int64 [m], cosine float32 [m],
+    event int64 [m]: position in the input arrays, ascending), m <= n: an event with no earlier
+    positive other than its own item has no trigger.
+
+    In (user, time) order the candidates of event p lie among the ``window`` (plus same-second ties)
+    positions before p, so the similarities needed are a band of the Gram matrix of the sorted event embeddings. Each block of
+    ``block`` events is multiplied with its ``block + window`` preceding-and-own rows (one batched
+    GEMM per ``chunk`` events over a zero-copy strided view), and the band is read off with
+    another strided view: every event's embedding is gathered once, not ``window`` times.
     """
     user, item, time = (np.asarray(a, dtype=np.int64) for a in (user, item, time))
     emb = np.ascontiguousarray(emb, dtype=np.float32)
+    n, d = len(user), emb.shape[1]
     order = sort_by_user_time(user, time)
-    s_user, s_item, s_time = user[order], item[order], time[order]
-    lo, hi = window_bounds(s_user, s_time, window)
-    count = hi - lo
-    by_count = np.argsort(count, kind="stable")  # batches of equal width waste no padding
-    by_count = by_count[count[by_count] > 0]
-    widths, first = np.unique(count[by_count], return_index=True)
-    batches = []
-    for width, ev_all in zip(widths, np.split(by_count, first[1:])):
-        step = max(1, batch_elems // int(width))
-        batches += [(int(width), ev_all[k:k + step]) for k in range(0, len(ev_all), step)]
+    s_item = item[order]
+    lo, hi = window_bounds(user[order], time[order], window)
+    # same-second events sit between an event and its window: the band widens by that many rows
+    reach = window + (np.arange(n) - hi)
+    w_max = int(reach.max()) if n else window
+    padded_items = np.r_[np.full(w_max, -1, dtype=np.int64), s_item]
     out_trigger, out_target, out_score, out_event = [], [], [], []
-    bar = tqdm(total=len(by_count), desc="triggers", unit="event", disable=not progress, mininterval=2.0)
-    for width, ev in batches:
-        cand = padded_windows(s_item, lo[ev], hi[ev], width)               # [b, width], all valid
-        target = s_item[ev]
-        sims = np.einsum("bwd,bd->bw", emb[cand], emb[target])
-        sims[cand == target[:, None]] = -np.inf                            # never the target itself
-        best = np.argmax(sims, axis=1)
-        best_sim = sims[np.arange(len(ev)), best]
+    bar = tqdm(total=n, desc="triggers", unit="event", disable=not progress, mininterval=2.0)
+    start = 0
+    while start < n:
+        end = min(n, start + chunk)
+        w = int(reach[start:end].max())
+        if w > window:  # long same-second runs: fewer events per chunk keeps the Gram band's memory bounded
+            end = min(end, start + max(block, chunk * window // w))
+            w = int(reach[start:end].max())
+        m, n_blocks = end - start, -(-(end - start) // block)
+        rows = np.zeros((w + n_blocks * block, d), dtype=np.float32)  # w halo rows, then this chunk's events
+        first = max(0, start - w)
+        rows[w - (start - first): w + m] = emb[s_item[first:end]]
+        rs, cs = rows.strides
+        queries = rows[w:].reshape(n_blocks, block, d)
+        keys = as_strided(rows, (n_blocks, block + w, d), (block * rs, rs, cs))   # rows p-w .. p+block-1
+        gram = np.matmul(queries, keys.transpose(0, 2, 1))                          # [blocks, block, block+w]
+        g0, g1, g2 = gram.strides
+        band = as_strided(gram, (n_blocks, block, w), (g0, g1 + g2, g2)).reshape(-1, w)[:m]  # [m, w]: p . (p-w+j)
+        pos = np.arange(start, end)[:, None] - w + np.arange(w)
+        target = s_item[start:end]
+        cand = sliding_window_view(padded_items, w)[start + w_max - w:end + w_max - w]  # items at p-w .. p-1
+        ok = (pos >= lo[start:end, None]) & (pos < hi[start:end, None]) & (cand != target[:, None])
+        sims = np.where(ok, band, -np.inf)
+        best = sims.argmax(axis=1)
+        best_sim = sims[np.arange(m), best]
         found = np.isfinite(best_sim)
         out_trigger.append(cand[found, best[found]])
         out_target.append(target[found])
         out_score.append(best_sim[found].astype(np.float32))
-        out_event.append(order[ev[found]])
-        bar.update(len(ev))
+        out_event.append(order[start:end][found])
+        bar.update(end - start)
+        start = end
     bar.close()
     if not out_trigger:
         z = np.zeros(0, dtype=np.int64)

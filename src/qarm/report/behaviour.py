@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from qarm.io import read_npy, read_parquet
 from qarm.report import html as H
-from qarm.report.context import ReportContext, lookup, number
+from qarm.report.context import ReportContext, flatten, lookup, number
 from qarm.report.overview import all_figures, not_run
 from qarm.report.plots import PALETTE, bars, grouped_bars, new_figure, shared_legend
 from qarm.report.projection import colour_labels, project_2d, subsample
@@ -114,36 +117,72 @@ def _coverage(ctx: ReportContext, pairs: pd.DataFrame) -> str:
                     "through the shared encoder.")
 
 
+def _ks(metrics: dict, pattern: str) -> list[int]:
+    """The k of every flattened key matching ``pattern`` (a regex with one group for k), sorted."""
+    found = {int(mt.group(1)) for key, _ in flatten(metrics) for mt in [re.fullmatch(pattern, key)] if mt}
+    return sorted(found)
+
+
 def align_section(ctx: ReportContext) -> str:
     if not ctx.has_run("align") and ctx.artifact("emb_aligned.npy") is None:
         return not_run(ctx, "align", "alignment figures")
     m = ctx.stage_metrics("align")
-    out = [H.cards([(k, lookup(m, k)) for k in ("mode", "dim", "epochs") if lookup(m, k) is not None])]
+    modalities = lookup(m, "modalities")
+    out = [H.cards([(label, lookup(m, k)) for k, label in (("mode", "fine-tuning mode"), ("fusion", "fusion"),
+                                                          ("dim", "aligned dim"), ("raw_dim", "raw dim"),
+                                                          ("epochs", "epochs"), ("n_train_pairs", "training pairs"))
+                    if lookup(m, k) is not None]
+                   + ([("modalities", ", ".join(map(str, modalities)))] if isinstance(modalities, list) else []))]
     groups, raw, aligned = [], [], []
-    for k in RECALL_KS:
-        a, b = number(lookup(m, f"raw.recall@{k}")), number(lookup(m, f"aligned.recall@{k}"))
+    for kind, label in (("recall", "Recall@{k}"), ("cold_recall", "cold Recall@{k}")):
+        for k in _ks(m, rf"(?:raw|aligned)\.{kind}@(\d+)"):
+            groups.append(label.format(k=k))
+            for store, name in ((raw, "raw"), (aligned, "aligned")):
+                v = number(lookup(m, f"{name}.{kind}@{k}"))
+                store.append(np.nan if v is None else v)
+    biz_groups, biz_raw, biz_al = [], [], []
+    for key, label in [("business_nmi", "NMI")] + [(f"business_precision@{k}", f"precision@{k}")
+                                                    for k in _ks(m, r"(?:raw|aligned)\.business_precision@(\d+)")]:
+        a, b = number(lookup(m, f"raw.{key}")), number(lookup(m, f"aligned.{key}"))
         if a is not None or b is not None:
-            groups.append(f"Recall@{k}")
-            raw.append(np.nan if a is None else a)
-            aligned.append(np.nan if b is None else b)
-    nmi_raw, nmi_al = number(lookup(m, "raw.business_nmi")), number(lookup(m, "aligned.business_nmi"))
-    has_nmi = nmi_raw is not None or nmi_al is not None
-    if groups or has_nmi:
-        fig, axes = new_figure(ncols=2 if groups and has_nmi else 1, width=9.5 if groups and has_nmi else 5.5,
-                               height=3.2)
+            biz_groups.append(label)
+            biz_raw.append(np.nan if a is None else a)
+            biz_al.append(np.nan if b is None else b)
+    if groups or biz_groups:
+        both = bool(groups and biz_groups)
+        fig, axes = new_figure(ncols=2 if both else 1, width=10.5 if both else 6.0, height=3.3)
         if groups:
             grouped_bars(axes[0], groups, {"raw (frozen pretrained)": (raw, None), "aligned": (aligned, None)},
-                         annotate=True)
+                         annotate=True, legend=not both)
             axes[0].set_title("item-to-item recall on valid-split pairs", fontsize=10)
             axes[0].margins(y=0.2)
-        if has_nmi:
-            bars(axes[-1], ["raw", "aligned"], [np.nan if nmi_raw is None else nmi_raw,
-                                                np.nan if nmi_al is None else nmi_al], color=[PALETTE[0], PALETTE[1]])
-            axes[-1].set_title("NMI of k-means clusters vs business clusters", fontsize=10)
-            axes[-1].margins(y=0.2)
+        if biz_groups:
+            grouped_bars(axes[-1], biz_groups, {"raw (frozen pretrained)": (biz_raw, None), "aligned": (biz_al, None)},
+                         annotate=True, legend=not both)
+            axes[-1].set_ylim(0, 1.1)
+            axes[-1].set_title("agreement with ground-truth business clusters", fontsize=10)
+        if both:
+            shared_legend(fig, axes[0])
+        n_valid, n_cold = lookup(m, "n_valid_pairs"), lookup(m, "n_valid_pairs_cold_target")
         out.append(ctx.plot(fig, "recall raw against aligned",
-                            "Finding a pair's target from its trigger among all items, on pairs mined from the "
-                            "valid split: raw pre-alignment embedding against the aligned one."))
+                            "Finding a pair's target from its trigger among all items, on pairs mined from the valid "
+                            "split" + (f" ({n_valid:,} pairs" + (f", {n_cold:,} with a target never seen in training: "
+                                                                  "cold Recall" if n_cold else "") + ")"
+                                       if isinstance(n_valid, int) else "")
+                            + ": raw pre-alignment embedding against the aligned one."
+                            + (" Right: NMI of k-means clusters with the ground-truth business clusters, and the "
+                               "share of each item's nearest neighbours in its business cluster." if biz_groups else "")))
+    losses = lookup(m, "loss_history")
+    if isinstance(losses, list) and len(losses) > 1:
+        fig, (ax,) = new_figure(width=5.5, height=2.6)
+        ax.plot(np.arange(1, len(losses) + 1), losses, marker="o", color=PALETTE[1])
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("InfoNCE loss")
+        ax.set_title("alignment training loss", fontsize=10)
+        temp = number(lookup(m, "temperature"))
+        out.append(ctx.plot(fig, "alignment training loss",
+                            "Symmetric in-batch InfoNCE loss per epoch" + (f"; final temperature {temp:.3g}." if temp else ".")))
     out.append(_projection(ctx))
     out.append(_pair_similarity(ctx))
     out.append(all_figures(ctx, "align"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qarm.report import html as H
-from qarm.report.context import ReportContext, lookup, number
+from qarm.report.context import ReportContext, lookup
 from qarm.report.overview import all_figures, not_run
 from qarm.report.plots import PALETTE, new_figure
 
@@ -46,7 +46,9 @@ def codes_section(ctx: ReportContext) -> str:
     headline = [("RQ levels", lookup(m, "rq.levels")), ("RQ sizes", lookup(m, "rq.sizes")),
                 ("collision rate", lookup(m, "rq.collision_rate")), ("unique-SID ratio", lookup(m, "rq.unique_sid_ratio")),
                 ("max items per code", lookup(m, "rq.max_items_per_code")), ("VQ K", lookup(m, "vq.k")),
-                ("VQ pool size", lookup(m, "vq.pool_size")), ("VQ distinct codes used", lookup(m, "vq.distinct_codes_used"))]
+                ("held-out items' collision rate", lookup(m, "rq.holdout_collision_rate")),
+                ("VQ pool size", lookup(m, "vq.pool_size")), ("VQ distinct codes used", lookup(m, "vq.distinct_codes_used")),
+                ("VQ neighbour overlap", lookup(m, "vq.neighbor_overlap"))]
     out = [H.cards([(k, v) for k, v in headline if v is not None])]
     per_level = {name: lookup(m, f"rq.{key}") for name, key in
                  (("utilisation", "utilization"), ("perplexity", "perplexity"), ("relative reconstruction error", "rel_recon_error"))}

@@ -23,6 +23,7 @@ main { max-width: 1180px; margin: 0 auto; padding: 8px 24px 40px 24px; }
 section { background: #fff; border: 1px solid #d8dce3; border-radius: 6px; padding: 6px 22px 18px 22px; margin-top: 18px; }
 h2 { color: #1f3b57; border-bottom: 2px solid #e3e7ee; padding-bottom: 4px; }
 h3 { color: #33475b; margin-bottom: 6px; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 8px 0 12px 0; font-size: 14px; }
 th, td { border: 1px solid #d8dce3; padding: 4px 10px; text-align: left; }
 th { background: #eef1f5; }
@@ -83,7 +84,9 @@ def fmt(value: Any, digits: int = 4) -> str:
 def fmt_mean_std(mean: float | None, std: float | None, digits: int = 4) -> str:
     if mean is None:
         return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and not math.isnan(std) else f"{mean:.{digits}f}"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None,
@@ -91,7 +94,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequen
     """An HTML table; cells are escaped; ``numeric[j]`` right-aligns column j; ``highlight[i]`` marks row i."""
     rows = list(rows)
     numeric = list(numeric) if numeric is not None else [False] * len(headers)
-    out = ["<table><thead><tr>", *(f"<th>{esc(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    out = ['<div class="scroll"><table><thead><tr>', *(f"<th>{esc(h)}</th>" for h in headers), "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = ' class="best"' if highlight is not None and highlight[i] else ""
         out.append(f"<tr{cls}>")
@@ -99,7 +102,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequen
             text = cell if isinstance(cell, str) else fmt(cell)
             out.append(f'<td class="num">{esc(text)}</td>' if j < len(numeric) and numeric[j] else f"<td>{esc(text)}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

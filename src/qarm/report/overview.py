@@ -30,6 +30,52 @@ def all_figures(ctx: ReportContext, stage: str) -> str:
                      H.table(["key", "value"], rows, numeric=[False, True]))
 
 
+def headlines(ctx: ReportContext) -> list[str]:
+    """One sentence per stage that has run, with the figure that stage is about."""
+    from qarm.report.context import mean_std
+
+    out = []
+    m = ctx.stage_metrics("prepare")
+    if m:
+        out.append(f"Data: {fmt_int(m.get('n_users'))} users, {fmt_int(m.get('n_items'))} items "
+                   f"({fmt_int(m.get('n_cold_items'))} cold), {fmt_int(m.get('n_events'))} events.")
+    m = ctx.stage_metrics("pairs")
+    if m:
+        line = f"Pairs: {fmt_int(lookup(m, 'n_u2i'))} U2I and {fmt_int(lookup(m, 'n_i2i'))} Swing I2I pairs"
+        mined, rand = number(lookup(m, "same_business_cluster.mined")), number(lookup(m, "same_business_cluster.random"))
+        if mined is not None and rand is not None:
+            line += f"; {mined:.1%} share a business cluster (random pairs: {rand:.1%})"
+        out.append(line + ".")
+    m = ctx.stage_metrics("align")
+    raw, al = number(lookup(m, "raw.recall@50")), number(lookup(m, "aligned.recall@50"))
+    if raw is not None and al is not None:
+        out.append(f"Alignment: item-to-item Recall@50 on valid pairs {raw:.3f} raw, {al:.3f} aligned.")
+    m = ctx.stage_metrics("quantize")
+    coll, uniq = number(lookup(m, "rq.collision_rate")), number(lookup(m, "rq.unique_sid_ratio"))
+    if coll is not None and uniq is not None:
+        out.append(f"Codes: RQ {lookup(m, 'rq.sizes')} leaves {coll:.1%} of items sharing their full code "
+                   f"(unique-SID ratio {uniq:.3f}).")
+    variants = lookup(ctx.stage_metrics("train"), "variants")
+    if isinstance(variants, dict) and variants and ctx.cfg.rank.tasks:
+        task = ctx.cfg.rank.tasks[0]
+        aucs = {v: mean_std(lookup(d, f"{task}.auc")) for v, d in variants.items()}
+        aucs = {v: ms for v, ms in aucs.items() if ms[0] is not None and ms[0] == ms[0]}
+        if aucs:
+            best = max(aucs, key=lambda v: aucs[v][0])
+            line = f"Ranking ({task}): best test AUC {aucs[best][0]:.4f} ({best})"
+            if "id" in aucs and best != "id":
+                line += f", {aucs[best][0] - aucs['id'][0]:+.4f} over the id-only ranker"
+            cold = {v: mean_std(lookup(d, f"{task}.cold_auc"))[0] for v, d in variants.items()}
+            if cold.get("qarm") is not None and cold.get("id") is not None:
+                line += f"; cold-start AUC qarm {cold['qarm']:.4f} against id {cold['id']:.4f}"
+            out.append(line + ".")
+    return out
+
+
+def fmt_int(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
 def pipeline_section(ctx: ReportContext) -> str:
     stages = ctx.manifest.get("stages", {})
     total = sum(float(e.get("wall_s", 0.0)) for name, e in stages.items() if name != "report")
@@ -37,6 +83,11 @@ def pipeline_section(ctx: ReportContext) -> str:
                     ("qarm version", __version__), ("stages run", f"{sum(s.name in stages for s in STAGES[:-1])} of "
                                                                    f"{len(STAGES) - 1}"),
                     ("pipeline wall time", f"{total:.1f} s")])]
+    lines = headlines(ctx)
+    if lines:
+        out.append(H.h3("Headline results"))
+        out.append("<ul>" + "".join(f"<li>{H.esc(line)}</li>" for line in lines) + "</ul>")
+    out.append(H.h3("Stages"))
     rows, timed = [], []
     for stage in STAGES:
         entry = stages.get(stage.name)

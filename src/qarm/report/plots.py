@@ -87,10 +87,12 @@ def shared_legend(fig: Figure, ax) -> None:
 def zoom_ylim(ax, values: Sequence[float], errors: Sequence[float] | None = None, floor: float | None = None,
               headroom: float = 0.25) -> None:
     """Start the y axis near the data (e.g. AUC at 0.5) so small but real differences are visible."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if v.size == 0:
+    values = np.asarray([np.nan if x is None else x for x in values], dtype=float)
+    e = np.zeros_like(values) if errors is None else np.nan_to_num(np.asarray(errors, dtype=float))
+    ok = np.isfinite(values)
+    if not ok.any():
         return
-    e = np.zeros_like(v) if errors is None else np.nan_to_num(np.asarray(errors, dtype=float)[: v.size])
+    v, e = values[ok], e[ok]
     lo, hi = float((v - e).min()), float((v + e).max())
     span = max(hi - lo, 1e-3)
     bottom = lo - 0.5 * span

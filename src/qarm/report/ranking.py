@@ -40,17 +40,34 @@ def ranking_section(ctx: ReportContext) -> str:
             return H.note("The train stage ran but wrote no per-variant figures under rank.variants.")
         return not_run(ctx, "train", "ranking results")
     variants = _ordered(variants_m, ctx.cfg.rank.variants)
-    tasks = _ordered({t for v in variants for t in (variants_m[v] or {})}, ctx.cfg.rank.tasks)
+    # a task is a key holding per-metric figures; siblings such as best_epoch ({mean, std}) are not
+    tasks = _ordered({t for v in variants for t, d in (variants_m[v] or {}).items()
+                      if isinstance(d, dict) and "auc" in d}, ctx.cfg.rank.tasks)
 
     def fig_of(variant: str, task: str, metric: str) -> tuple[float | None, float | None]:
         return mean_std(lookup(variants_m.get(variant, {}), f"{task}.{metric}"))
 
     seeds = ctx.cfg.rank.seeds
+    default = lookup(m, "default_variant")
     out = [H.para(f"Every variant is trained on identical data and splits, with {len(seeds)} seed(s) "
                   f"({', '.join(map(str, seeds))}); figures are mean ± standard deviation over seeds, on the test "
-                  "split (cold AUC: test-period events of the held-out cold-start items). Best AUC per task in green.")]
+                  "split (cold AUC: test-period events of the held-out cold-start items). Best AUC on "
+                  f"{ctx.cfg.rank.tasks[0] if ctx.cfg.rank.tasks else 'the first task'} in green."
+                  + (f" The variant served by default (best mean valid AUC) is {default}." if default else ""))]
     headers = ["variant"] + [f"{task} {label}" for task in tasks for _, label in METRICS]
     rows = [[v] + [H.fmt_mean_std(*fig_of(v, t, key)) for t in tasks for key, _ in METRICS] for v in variants]
+    if "id" in variants:  # the lift over the id-only ranker is the number the ablation is about
+        for t in tasks:
+            base, base_cold = fig_of("id", t, "auc")[0], fig_of("id", t, "cold_auc")[0]
+            headers += [f"{t} ΔAUC vs id", f"{t} Δcold AUC vs id"]
+            for row, v in zip(rows, variants):
+                auc, cold = fig_of(v, t, "auc")[0], fig_of(v, t, "cold_auc")[0]
+                row += [f"{auc - base:+.4f}" if auc is not None and base is not None else "–",
+                        f"{cold - base_cold:+.4f}" if cold is not None and base_cold is not None else "–"]
+    if any(mean_std(lookup(variants_m.get(v, {}), "best_epoch"))[0] is not None for v in variants):
+        headers.append("best epoch")
+        for row, v in zip(rows, variants):
+            row.append(H.fmt_mean_std(*mean_std(lookup(variants_m.get(v, {}), "best_epoch")), digits=1))
     first_task = tasks[0] if tasks else None
     aucs = [fig_of(v, first_task, "auc")[0] for v in variants]
     best = max((a for a in aucs if a is not None), default=None)
@@ -95,6 +112,12 @@ def ranking_section(ctx: ReportContext) -> str:
 
     out.append(_buckets(ctx, variants, tasks, lookup(m, "buckets")))
 
+    counts = [(k, lookup(m, k)) for k in ("n_train", "n_valid", "n_test", "n_cold_test", "n_empty_history",
+                                           "n_users_oov", "n_unknown_items") if isinstance(lookup(m, k), int)]
+    if counts:
+        out.append(H.h3("Events the ranker saw"))
+        out.append(H.table(["figure", "events"], [(k.removeprefix("n_").replace("_", " "), v) for k, v in counts],
+                           numeric=[False, True]))
     throughput = lookup(m, "throughput")
     if isinstance(throughput, dict) and throughput:
         out.append(H.h3("Throughput"))

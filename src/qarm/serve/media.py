@@ -70,19 +70,37 @@ def check_image(data: bytes, field: str, max_pixels: int) -> str:
     return _IMAGE_SUFFIX[fmt]
 
 
-def check_audio(data: bytes, field: str) -> str:
-    """A non-empty PCM WAV (what the audio tower reads); returns ``.wav``."""
+def check_audio(data: bytes, field: str, keep_seconds: float | None = None) -> bytes:
+    """A non-empty PCM WAV (8/16/32-bit, what the audio tower reads) -> WAV bytes to hand the encoder.
+
+    With ``keep_seconds``, the clip is cut to that many seconds plus one of margin: the audio tower
+    reads only its first seconds, and resampling a long clip in full would cost seconds of CPU.
+    """
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
-            n = w.getnframes()
-            if n <= 0 or w.getframerate() <= 0:
+            n, rate, width, channels = w.getnframes(), w.getframerate(), w.getsampwidth(), w.getnchannels()
+            if n <= 0:
                 raise BadInput(f"{field}: WAV has no audio frames")
-            w.readframes(min(n, 1024))
+            if width not in (1, 2, 4) or not 1_000 <= rate <= 384_000 or not 1 <= channels <= 8:
+                raise BadInput(f"{field}: WAV with {width}-byte samples at {rate} Hz, {channels} channels not "
+                               f"accepted; use 8/16/32-bit PCM, 1-8 channels, 1 kHz-384 kHz", 415)
+            keep = n if keep_seconds is None else min(n, int((keep_seconds + 1.0) * rate))
+            frames = w.readframes(keep)
+            if len(frames) < width * channels:
+                raise BadInput(f"{field}: WAV header promises {n} frames but holds none")
     except BadInput:
         raise
     except Exception as exc:  # wave.Error, EOFError, struct.error: all mean "not a usable WAV"
         raise BadInput(f"{field}: not a readable PCM WAV ({type(exc).__name__}: {exc})") from None
-    return ".wav"
+    if keep == n:
+        return data
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return out.getvalue()
 
 
 def resolve_inside(path_text: str, root: str, field: str, max_bytes: int) -> Path:

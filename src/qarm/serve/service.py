@@ -51,8 +51,9 @@ class ServeModels:
         self._load_lock = threading.Lock()
         self.store: CodeStore = open_code_store(cfg.codes_store, self.run_dir)
         self.catalog_ = self._read_catalog()
-        run_cfg = read_json(self.run_dir / "config.json", default={}) or {}
-        self.variants_: list[str] = list(run_cfg.get("rank", {}).get("variants", []))
+        summary = read_json(self.run_dir / "rank" / "summary.json", default={}) or {}
+        self.variants_: list[str] = list(summary.get("variants", []))  # what the train stage trained
+        self.default_variant_: str | None = cfg.rank_variant or summary.get("default_variant") or None
         self._encoder: Any = None
         self._assigner: Any = None
         self._rankers: dict[str, Any] = {}
@@ -95,8 +96,8 @@ class ServeModels:
         return self._encoder, self._assigner
 
     def ranker(self, variant: str | None) -> tuple[str, Any]:
-        """(variant name, Ranker); ``None`` = the configured default, else the ranker's own default."""
-        variant = variant or self.cfg.rank_variant or None
+        """(variant name, Ranker); ``None`` = ``serve.rank_variant``, else the train stage's default."""
+        variant = variant or self.default_variant_
         key = variant or ""
         with self._load_lock:
             if key not in self._rankers:
@@ -129,11 +130,22 @@ class ServeModels:
         with tempfile.TemporaryDirectory(prefix="qarm-serve-") as tmp:
             frame = self._items_frame(items, Path(tmp))
             with self.lock:
-                emb = np.asarray(encoder.encode(frame), dtype=np.float32)
-                if emb.shape[0] != len(items) or not np.isfinite(emb).all():
-                    raise RuntimeError(f"encoder returned {emb.shape} with non-finite values for {len(items)} items")
-                vq, rq = assigner.assign(emb)
+                # the codebooks were fitted on the aligned embedding unless quantize.embedding said raw
+                raw = getattr(assigner, "embedding", "emb_aligned.npy") == "emb_raw.npy"
+                emb = np.asarray(encoder.encode_raw(frame) if raw else encoder.encode(frame), dtype=np.float32)
+                if emb.shape[0] != len(items):
+                    raise RuntimeError(f"encoder returned {emb.shape[0]} rows for {len(items)} items")
+                vq, rq = assigner.assign(emb, item_ids=self._pool_ids(items, assigner))
         return np.asarray(vq), np.asarray(rq)
+
+    @staticmethod
+    def _pool_ids(items: list[Any], assigner: Any) -> np.ndarray:
+        """Item ids for VQ's self-exclusion: an item sent with the id of a pool item is that item (new
+        content for it), so it skips itself as at quantize time; an item without an id gets an id
+        outside the pool."""
+        pool = np.asarray(getattr(getattr(assigner, "vq", None), "pool_ids_", np.zeros(0, np.int64)))
+        outside = int(pool.min()) - 1 if len(pool) and int(pool.min()) > -(2**63) else -(2**63)
+        return np.array([outside if it.item_id is None else it.item_id for it in items], dtype=np.int64)
 
     def _items_frame(self, items: list[Any], tmp: Path) -> pd.DataFrame:
         """Validated request items -> a DataFrame in the items schema, media written under ``tmp``."""
@@ -165,23 +177,34 @@ class ServeModels:
     def _media(self, b64: str | None, path: str | None, kind: str, where: str, stem: Path) -> str | None:
         """Check one image/audio and return a file path the encoder can read (None when absent)."""
         cfg = self.cfg
+        if b64 is None and path is None:
+            return None
         if b64 is not None:
             field = f"{where}.{kind}_b64"
             data = decode_b64(b64, field, cfg.max_media_bytes)
-            suffix = check_image(data, field, cfg.max_image_pixels) if kind == "image" else check_audio(data, field)
-            out = stem.with_suffix(suffix)
-            out.write_bytes(data)
-            return str(out)
-        if path is not None:
+            real = None
+        else:
             field = f"{where}.{kind}_path"
             real = resolve_inside(path, cfg.media_root, field, cfg.max_media_bytes)
             data = real.read_bytes()
-            if kind == "image":
-                check_image(data, field, cfg.max_image_pixels)
-            else:
-                check_audio(data, field)
+        if kind == "image":
+            suffix = check_image(data, field, cfg.max_image_pixels)
+        else:
+            suffix, cut = ".wav", check_audio(data, field, self._audio_seconds())
+            if cut is not data:  # a long clip: hand the encoder the part it reads
+                data, real = cut, None
+        if real is not None:
             return str(real)
-        return None
+        out = stem.with_suffix(suffix)
+        out.write_bytes(data)
+        return str(out)
+
+    def _audio_seconds(self) -> float | None:
+        """Seconds of audio the encoder reads (its spec: [sample_rate, seconds, n_mels]); None = unknown."""
+        try:
+            return float(self._encoder.spec["audio"][1])
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+            return None
 
     def close(self) -> None:
         self.store.close()

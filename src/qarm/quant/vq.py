@@ -1,0 +1,198 @@
+"""VQ codes (QARM): the code of an item is the positions of its top-K nearest items in a reference pool.
+
+The pool is every candidate item, the most popular ones (by train count) or a random sample. Search is
+exact (faiss flat) or approximate (HNSW graph or IVF lists) for large pools. A pool item can exclude
+itself, so its code describes its neighbourhood and not its own id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from qarm.io import read_json, read_npy, write_bytes, write_json, write_npy
+from qarm.quant.checks import QuantizeError, check_embeddings
+
+
+class VQCoder:
+    """Top-K nearest pool items as a code (scikit-learn style).
+
+    Parameters: ``k``; ``pool`` "all" | "popular" | "random"; ``pool_size`` (0 = every candidate);
+    ``metric`` "cosine" | "l2"; ``index`` "flat" | "hnsw" | "ivf"; ``exclude_self``; ``hnsw_m``,
+    ``ef_search``, ``ivf_nlist`` (0 = auto), ``nprobe``; ``seed``.
+
+    Learned: ``pool_ids_`` int64 [N] (code c means item ``pool_ids_[c]``), ``pool_emb_`` float32 [N, dim],
+    ``index_`` (faiss), ``dim_``.
+    """
+
+    def __init__(self, k: int = 25, *, pool: str = "all", pool_size: int = 0, metric: str = "cosine",
+                 index: str = "flat", exclude_self: bool = True, hnsw_m: int = 32, ef_search: int = 128,
+                 ivf_nlist: int = 0, nprobe: int = 16, seed: int = 0) -> None:
+        self.k, self.pool, self.pool_size, self.metric, self.index = k, pool, pool_size, metric, index
+        self.exclude_self, self.hnsw_m, self.ef_search = exclude_self, hnsw_m, ef_search
+        self.ivf_nlist, self.nprobe, self.seed = ivf_nlist, nprobe, seed
+        if pool not in ("all", "popular", "random"):
+            raise QuantizeError(f"vq_pool must be all, popular or random, got {pool!r}")
+        if metric not in ("cosine", "l2"):
+            raise QuantizeError(f"vq_metric must be cosine or l2, got {metric!r}")
+        if index not in ("flat", "hnsw", "ivf"):
+            raise QuantizeError(f"vq_index must be flat, hnsw or ivf, got {index!r}")
+        if k < 1:
+            raise QuantizeError(f"vq_k must be at least 1, got {k}")
+
+    def fit(self, emb: np.ndarray, item_ids: np.ndarray, popularity: np.ndarray | None = None) -> "VQCoder":
+        """Choose the pool among the candidates emb float32 [n, dim] with ids int64 [n] and build the index.
+
+        ``popularity`` (e.g. train counts, [n]) ranks candidates for ``pool="popular"``.
+        """
+        emb = check_embeddings(emb, "VQCoder.fit(emb)", ids=item_ids)
+        item_ids = np.asarray(item_ids, np.int64)
+        n = len(emb)
+        size = n if self.pool_size <= 0 else min(self.pool_size, n)
+        if self.pool == "popular":
+            if popularity is None:
+                raise QuantizeError("vq_pool='popular' needs item popularity (train_count)")
+            # most popular first; ties by item id, so the pool is deterministic
+            pick = np.lexsort((item_ids, -np.asarray(popularity)))[:size]
+        elif self.pool == "random":
+            pick = np.random.default_rng(self.seed).choice(n, size, replace=False)
+        else:
+            pick = np.arange(n)[:size] if size < n else np.arange(n)
+        pick = pick[np.argsort(item_ids[pick], kind="stable")]  # pool sorted by id: self lookup by searchsorted
+        need = self.k + (1 if self.exclude_self else 0)
+        if need > len(pick):
+            raise QuantizeError(f"vq_k={self.k} needs a pool of at least {need} items "
+                                f"({'K + 1 with exclude_self' if self.exclude_self else 'K'}), but the pool has "
+                                f"{len(pick)}: lower vq_k or raise vq_pool_size")
+        self.dim_ = emb.shape[1]
+        self.pool_ids_ = item_ids[pick]
+        self.pool_emb_ = self._prepare(emb[pick])
+        self.index_ = self._build_index(self.pool_emb_)
+        return self
+
+    def transform(self, emb: np.ndarray, item_ids: np.ndarray | None = None, batch: int = 8192) -> np.ndarray:
+        """Codes int32 [n, k]: pool positions of each row's k nearest pool items, nearest first.
+
+        With ``exclude_self`` and ``item_ids`` given, a row whose id is in the pool skips itself.
+        """
+        self._check_fitted()
+        emb = self._prepare(check_embeddings(emb, "VQCoder.transform(emb)", dim=self.dim_, ids=item_ids))
+        self_pos = np.full(len(emb), -1, np.int64)
+        if self.exclude_self and item_ids is not None:
+            ids = np.asarray(item_ids, np.int64)
+            pos = np.minimum(np.searchsorted(self.pool_ids_, ids), len(self.pool_ids_) - 1)
+            hit = self.pool_ids_[pos] == ids
+            self_pos[hit] = pos[hit]
+        extra = 1 if (self_pos >= 0).any() else 0
+        out = np.empty((len(emb), self.k), np.int32)
+        for s in range(0, len(emb), batch):
+            _, nn = self.index_.search(emb[s:s + batch], self.k + extra)
+            out[s:s + batch] = _drop_self(nn, self_pos[s:s + batch], self.k)
+        return out
+
+    def neighbor_overlap(self, codes: np.ndarray, item_ids: np.ndarray, sample: int = 100_000) -> float:
+        """Mean share of codes an item shares with its nearest pool item's codes (both coded in ``codes``).
+
+        codes int32 [n, k] in the order of ``item_ids`` [n]. High values mean neighbours carry near-identical
+        codes (smooth but redundant); 0 means unrelated.
+        """
+        ids = np.asarray(item_ids, np.int64)
+        order = np.argsort(ids)
+        nearest = self.pool_ids_[codes[:, 0]]
+        pos = np.searchsorted(ids[order], nearest)
+        pos = np.minimum(pos, len(ids) - 1)
+        has = ids[order][pos] == nearest
+        if not has.any():
+            return 0.0
+        rows = np.flatnonzero(has)
+        if len(rows) > sample:  # a per-row set intersection: a fixed random sample is plenty
+            rows = np.sort(np.random.default_rng(self.seed).choice(rows, sample, replace=False))
+        a, b = codes[rows], codes[order[pos[rows]]]
+        # shared codes per row: sort both rows side by side, count values present in both
+        both = np.sort(np.concatenate([a, b], axis=1), axis=1)
+        shared = (both[:, 1:] == both[:, :-1]).sum(1)
+        return float(np.mean(shared) / codes.shape[1])
+
+    # -------------------------------------------------------------- helpers
+    def _prepare(self, emb: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        return np.ascontiguousarray(emb, dtype=np.float32)
+
+    def _build_index(self, pool: np.ndarray) -> faiss.Index:
+        d = pool.shape[1]
+        ip = self.metric == "cosine"
+        mt = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+        if self.index == "hnsw":
+            index = faiss.IndexHNSWFlat(d, self.hnsw_m, mt)
+            index.hnsw.efConstruction = max(40, 2 * self.hnsw_m)
+            index.hnsw.efSearch = max(self.ef_search, self.k + 1)
+        elif self.index == "ivf":
+            nlist = self.ivf_nlist or max(1, min(len(pool) // 39, int(4 * np.sqrt(len(pool)))))
+            quantizer = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, mt)
+            index.cp.seed = self.seed
+            index.train(pool)
+            index.nprobe = min(self.nprobe, nlist)
+        else:
+            index = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
+        index.add(pool)
+        return index
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "index_"):
+            raise QuantizeError("VQCoder is not fitted: call fit() or VQCoder.load(path) first")
+
+    # ------------------------------------------------------------ save/load
+    def save(self, directory: str | Path) -> None:
+        """Write vq.json, vq_pool_ids.npy, vq_pool_emb.npy and the faiss index vq.index (atomic writes)."""
+        self._check_fitted()
+        d = Path(directory)
+        write_npy(d / "vq_pool_ids.npy", self.pool_ids_)
+        write_npy(d / "vq_pool_emb.npy", self.pool_emb_)
+        write_bytes(d / "vq.index", faiss.serialize_index(self.index_).tobytes())
+        write_json(d / "vq.json", {"params": self.get_params(), "dim": self.dim_})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "VQCoder":
+        d = Path(directory)
+        meta = read_json(d / "vq.json")
+        if meta is None:
+            raise QuantizeError(f"{d / 'vq.json'} is missing: run the 'quantize' stage first")
+        model = cls(**meta["params"])
+        model.dim_ = int(meta["dim"])
+        model.pool_ids_ = read_npy(d / "vq_pool_ids.npy")
+        model.pool_emb_ = read_npy(d / "vq_pool_emb.npy")
+        # the frozen index, not a rebuilt one: an approximate index must answer exactly as at fit time
+        model.index_ = faiss.deserialize_index(np.frombuffer((d / "vq.index").read_bytes(), np.uint8))
+        if model.index == "hnsw":
+            model.index_.hnsw.efSearch = max(model.ef_search, model.k + 1)
+        elif model.index == "ivf":
+            faiss.extract_index_ivf(model.index_).nprobe = model.nprobe
+        return model
+
+    def get_params(self) -> dict:
+        return {"k": self.k, "pool": self.pool, "pool_size": self.pool_size, "metric": self.metric,
+                "index": self.index, "exclude_self": self.exclude_self, "hnsw_m": self.hnsw_m,
+                "ef_search": self.ef_search, "ivf_nlist": self.ivf_nlist, "nprobe": self.nprobe, "seed": self.seed}
+
+
+def _drop_self(nn: np.ndarray, self_pos: np.ndarray, k: int) -> np.ndarray:
+    """First k results of each row of nn int64 [b, k(+1)], without the row's own pool position.
+
+    When the search did not return the item itself (approximate index, or exact duplicates ranked
+    ahead), the last of the k + 1 results is dropped instead.
+    """
+    if nn.shape[1] == k:
+        return nn.astype(np.int32)
+    is_self = (nn == self_pos[:, None]) & (self_pos[:, None] >= 0)
+    drop = np.where(is_self.any(1), is_self.argmax(1), nn.shape[1] - 1)
+    keep = np.ones_like(nn, dtype=bool)
+    keep[np.arange(len(nn)), drop] = False
+    out = nn[keep].reshape(len(nn), k)
+    if (out < 0).any():
+        raise QuantizeError("the approximate index returned fewer than k neighbours: raise vq_ef_search or "
+                            "vq_nprobe, or use vq_index=flat")
+    return out.astype(np.int32)

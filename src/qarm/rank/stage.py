@@ -1,0 +1,242 @@
+"""The ``train`` stage: every ablation variant x seed on identical data and splits, evaluated on
+test (AUC, GAUC, LogLoss per task), on the strict cold-start events (``cold_test``) and per
+item-frequency bucket; figures under ``rank`` in metrics.json.
+
+Layout: ``rank/<variant>/seed<s>/{ckpt.pt, model.pt, predictions.parquet, result.json}`` and
+``rank/summary.json`` (the default variant ``load_ranker`` serves). A finished (variant, seed)
+whose fingerprint (rank config, seed, input hashes) matches is reused, an unfinished one resumes
+from its last epoch checkpoint.
+
+Under ``torchrun`` (``python -m qarm.rank CONFIG --out RUN``) every rank runs this function; rank 0
+evaluates and writes, the others train their stripe of each batch and return the same figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from qarm.config import Config
+from qarm.errors import ConfigError, DataError
+from qarm.io import path_sha256, read_json, read_npy, read_parquet, save_torch, write_json, write_parquet
+from qarm.rank.config import RankConfig
+from qarm.rank.features import (VARIANTS, EventArrays, ItemTables, build_events, build_item_tables,
+                                variant_specs)
+from qarm.rank.metrics import auc, auc_by_group, gauc, logloss
+from qarm.rank.model import RankModel
+from qarm.rank.train import TensorData, fit, predict, world
+
+DENSE_FILES = {"frozen_mm": "emb_raw.npy", "ia_rep": "emb_aligned.npy"}
+CODE_VARIANTS = ("vq", "rq", "qarm")
+
+
+def check_config(rc: RankConfig) -> None:
+    bad = [v for v in rc.variants if v not in VARIANTS]
+    if bad or not rc.variants:
+        raise ConfigError(f"rank.variants: {bad or 'empty'}; choose from {', '.join(VARIANTS)}")
+    if not rc.seeds:
+        raise ConfigError("rank.seeds: give at least one seed")
+    if not rc.tasks:
+        raise ConfigError("rank.tasks: give at least one label column")
+    for name in ("history", "dim", "code_dim", "count_dim", "epochs", "batch_size", "eval_batch_size", "threads"):
+        if getattr(rc, name) < 1:
+            raise ConfigError(f"rank.{name}: expected >= 1, got {getattr(rc, name)}")
+    if rc.sim_history < 0 or rc.patience < 0 or rc.lr <= 0:
+        raise ConfigError("rank.sim_history and rank.patience must be >= 0, rank.lr > 0")
+    if not rc.att_hidden or not rc.dnn_hidden or min(rc.att_hidden + rc.dnn_hidden) < 1:
+        raise ConfigError("rank.att_hidden and rank.dnn_hidden: non-empty lists of positive sizes")
+
+
+@dataclasses.dataclass
+class RankInputs:
+    """Everything the variants share: item tables, event arrays, per-event frequency bucket."""
+
+    tables: ItemTables
+    events: EventArrays
+    freq_bucket: np.ndarray
+    item_ids: np.ndarray
+    user_vocab: np.ndarray
+    info: dict[str, int]
+    input_hash: str
+
+
+def load_inputs(rc: RankConfig, run: Any) -> RankInputs:
+    """Read the run's artifacts (only those the configured variants need) and build features."""
+    items, events = run.items(), run.events()
+    need_codes = any(v in CODE_VARIANTS for v in rc.variants)
+    names = ["items.parquet", "events.parquet"] + sorted({DENSE_FILES[v] for v in rc.variants if v in DENSE_FILES})
+    if need_codes:
+        names.append("codes.parquet")
+    for name in names:
+        run.require(name, "quantize" if name == "codes.parquet" else "align" if name.endswith(".npy") else "prepare")
+    dense = {n: read_npy(run / n) for n in names if n.endswith(".npy")}
+    codes = read_parquet(run / "codes.parquet") if need_codes else None
+    if "train_count" not in items.columns:
+        raise DataError("no 'train_count' column: rerun the 'prepare' stage", file="items.parquet", column="train_count")
+    tables = build_item_tables(items, codes, dense)
+    ev, info = build_events(tables, events, list(rc.tasks), rc.history_label, rc.history, rc.sim_history)
+    if info["n_train"] == 0 or info["n_valid"] == 0 or info["n_test"] == 0:
+        raise DataError(f"the ranker needs train, valid and test events, got {info}", file="events.parquet", column="split")
+    freq = items["freq_bucket"].to_numpy(object) if "freq_bucket" in items.columns else np.full(len(items), "all", object)
+    freq_bucket = np.concatenate([np.array(["unknown", "unknown"], object), freq])[ev.target]
+    users = events["user_id"].to_numpy(np.int64)[(events["split"] == "train").to_numpy()]
+    h = hashlib.sha256(json.dumps({n: path_sha256(run / n) for n in names}, sort_keys=True).encode()).hexdigest()[:16]
+    return RankInputs(tables, ev, freq_bucket, tables.item_ids, np.unique(users), info, h)
+
+
+def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
+    rc = dataclasses.asdict(cfg.rank)
+    for k in ("variants", "seeds", "threads"):  # which runs exist, not what one run computes
+        rc.pop(k)
+    blob = json.dumps({"rank": rc, "seed": cfg.seed, "variant": variant, "rank_seed": seed, "inputs": input_hash},
+                      sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def evaluate(probs: np.ndarray, ev: EventArrays, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """AUC, GAUC, LogLoss per task of probabilities [E, T] on events ``ev``."""
+    out = {}
+    for t, task in enumerate(tasks):
+        y, p = ev.labels[:, t], probs[:, t]
+        out[task] = {"auc": auc(y, p), "gauc": gauc(y, p, ev.user_id), "logloss": logloss(y, p)}
+    return out
+
+
+def _seed_all(cfg: Config, seed: int) -> int:
+    s = int(np.random.SeedSequence([cfg.seed, seed]).generate_state(1)[0] % (2 ** 31))
+    torch.manual_seed(s)
+    return s
+
+
+def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -> dict[str, Any]:
+    """Train, evaluate and save one (variant, seed); reuse it when already done with this fingerprint."""
+    rc = cfg.rank
+    rank, _ = world()
+    out = run.path / "rank" / variant / f"seed{seed}"
+    fp = fingerprint(cfg, variant, seed, inp.input_hash)
+    done = read_json(out / "result.json")
+    if done and done.get("fingerprint") == fp:
+        return done
+    specs = variant_specs(variant, inp.tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
+                          rc.dim, rc.code_dim, rc.count_dim)
+    torch_seed = _seed_all(cfg, seed)
+    model = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
+                      rc.n_experts, att_dim=rc.dim)
+    ev = inp.events
+    parts = {s: ev.subset(ev.split == s) for s in ("train", "valid", "test", "cold_test")}
+    data = {s: TensorData(e, specs) for s, e in parts.items()}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    result = fit(model, data["train"], data["valid"], rc, torch_seed, out / "ckpt.pt", fp, desc=f"{variant}/seed{seed}")
+    model.load_state_dict(result.best_state)
+    res: dict[str, Any] = {}
+    if rank == 0:
+        t0 = time.perf_counter()
+        probs = {s: predict(model, data[s], rc.eval_batch_size) for s in ("test", "cold_test")}
+        eval_s = time.perf_counter() - t0
+        test, cold = evaluate(probs["test"], parts["test"], rc.tasks), evaluate(probs["cold_test"], parts["cold_test"], rc.tasks)
+        buckets = {task: auc_by_group(parts["test"].labels[:, t], probs["test"][:, t], inp.freq_bucket[ev.split == "test"])
+                   for t, task in enumerate(rc.tasks)}
+        res = {"fingerprint": fp, "variant": variant, "seed": seed, "best_epoch": result.best_epoch,
+               "best_valid_auc": result.best_valid_auc, "log": result.log,
+               "tasks": {task: {**test[task], **{f"cold_{k}": v for k, v in cold[task].items()}} for task in rc.tasks},
+               "buckets": buckets, "train_samples": result.train_samples, "train_seconds": result.train_seconds,
+               "eval_samples": len(parts["test"]) + len(parts["cold_test"]), "eval_seconds": eval_s,
+               "resumed_from_epoch": result.resumed_from_epoch}
+        save_torch(out / "model.pt", {"variant": variant, "seed": seed, "tasks": list(rc.tasks),
+                                      "rank_config": dataclasses.asdict(rc), "state_dict": model.state_dict(),
+                                      "specs": [dataclasses.asdict(s) for s in specs],
+                                      "tables": tables_state(inp.tables), "user_vocab": torch.from_numpy(inp.user_vocab)})
+        pred = pd.DataFrame({"user_id": np.concatenate([parts[s].user_id for s in ("test", "cold_test")]),
+                             "item_id": inp.item_ids[np.concatenate([parts[s].target for s in ("test", "cold_test")]) - 2],
+                             "split": np.concatenate([parts[s].split for s in ("test", "cold_test")]).astype(str)})
+        for t, task in enumerate(rc.tasks):
+            pred[task] = np.concatenate([parts[s].labels[:, t] for s in ("test", "cold_test")]).astype(np.int8)
+            pred[f"p_{task}"] = np.concatenate([probs[s][:, t] for s in ("test", "cold_test")])
+        write_parquet(out / "predictions.parquet", pred)
+        write_json(out / "result.json", res)
+    if world()[1] > 1:
+        box = [res]
+        dist.broadcast_object_list(box, src=0)
+        res = box[0]
+    return res
+
+
+def tables_state(t: ItemTables) -> dict[str, Any]:
+    """What ``Ranker`` needs of the item tables, as tensors (loadable with weights_only)."""
+    state: dict[str, Any] = {"item_ids": torch.from_numpy(t.item_ids),
+                             "index": {k: torch.from_numpy(v) for k, v in t.index.items()},
+                             "dense": {k: torch.from_numpy(v) for k, v in t.dense.items()},
+                             "vocab": dict(t.vocab)}
+    if t.prefix is not None:
+        state["prefix"] = torch.from_numpy(t.prefix)
+        vq = t.vq.tocsr()
+        state["vq"] = {"indptr": torch.from_numpy(vq.indptr.astype(np.int64)),
+                       "indices": torch.from_numpy(vq.indices.astype(np.int64)), "shape": list(vq.shape)}
+    return state
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    v = np.array(values, np.float64)
+    ok = v[~np.isnan(v)]
+    if not len(ok):
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": float(ok.mean()), "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0}
+
+
+def summarize(results: dict[str, list[dict[str, Any]]], tasks: list[str]) -> dict[str, Any]:
+    """Per-variant mean/std over seeds, bucket AUC means, throughput."""
+    variants: dict[str, Any] = {}
+    buckets: dict[str, Any] = {}
+    for v, runs in results.items():
+        keys = list(runs[0]["tasks"][tasks[0]])
+        variants[v] = {t: {k: _mean_std([r["tasks"][t][k] for r in runs]) for k in keys} for t in tasks}
+        variants[v]["best_epoch"] = _mean_std([r["best_epoch"] for r in runs])
+        buckets[v] = {t: {b: float(np.nanmean([r["buckets"][t].get(b, np.nan) for r in runs]))
+                          for b in sorted({b for r in runs for b in r["buckets"][t]})} for t in tasks}
+    all_runs = [r for runs in results.values() for r in runs]
+    train_s = sum(r["train_seconds"] for r in all_runs)
+    eval_s = sum(r["eval_seconds"] for r in all_runs)
+    return {"variants": variants, "buckets": buckets, "throughput": {
+        "train_samples_per_s": sum(r["train_samples"] for r in all_runs) / train_s if train_s else float("nan"),
+        "eval_samples_per_s": sum(r["eval_samples"] for r in all_runs) / eval_s if eval_s else float("nan")}}
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group (gloo, CPU) when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def run_train(cfg: Config, run: Any) -> dict[str, Any]:
+    """Stage entry point: train and evaluate every configured variant x seed."""
+    rc = cfg.rank
+    check_config(rc)
+    torch.set_num_threads(rc.threads)
+    init_distributed()
+    t0 = time.perf_counter()
+    inp = load_inputs(rc, run)
+    prep_s = time.perf_counter() - t0
+    results = {v: [train_one(cfg, run, inp, v, s) for s in rc.seeds] for v in rc.variants}
+    metrics = summarize(results, list(rc.tasks))
+    # the served default: best mean valid AUC, first seed of that variant
+    default = max(rc.variants, key=lambda v: np.mean([r["best_valid_auc"] for r in results[v]]))
+    metrics.update({"default_variant": default, "feature_seconds": round(prep_s, 3),
+                    "world_size": world()[1], **{k: v for k, v in inp.info.items()}})
+    if world()[0] == 0:
+        write_json(run.path / "rank" / "summary.json", {"default_variant": default, "seed": rc.seeds[0],
+                                                       "variants": list(rc.variants), "seeds": list(rc.seeds),
+                                                       "tasks": list(rc.tasks)})
+    if world()[1] > 1:
+        dist.barrier()
+    return metrics
