@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic world",
                        description="Run configs/demo.yaml (synthetic multi-modal world) end to end. "
-                                   "Writes a full run directory under --out, report.html included.")
+                                   "Reads: nothing (the world is generated from the seed). "
+                                   "Writes: a full run directory under --out, report.html included.")
     _add_run_args(p, config_required=False)
 
     p = sub.add_parser("assign", help="codes for new items against frozen codebooks",

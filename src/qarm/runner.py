@@ -9,6 +9,7 @@ and inputs are unchanged (and whose outputs are intact) is skipped; ``force`` re
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,10 @@ def is_fresh(cfg: Config, run: RunDir, stage: Stage) -> bool:
 def _remove_stale_temp_files(root: Path) -> None:
     """Temp files left by a killed write (``qarm.io.atomic_path``) are never trusted; clear them."""
     for tmp in root.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def _summary(metrics: dict[str, Any], limit: int = 6) -> str:

@@ -1,12 +1,10 @@
 """Bad input: clear errors naming file/row/column; useless input counted, never silently dropped."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from qarm.cli import main
 from qarm.config import load_config
 from qarm.errors import DataError
 from qarm.io import write_parquet
@@ -64,7 +62,7 @@ def test_unsorted_items_and_unknown_label_column():
         load_positives(items, events, "purchase", "train", "items.parquet", "events.parquet")
 
 
-def test_stage_reports_skipped_input_and_cli_prints_one_line(tmp_path):
+def test_stage_reports_skipped_input_and_cli_prints_one_line(tmp_path, capsys):
     items, events = tiny_world()
     run = RunDir(tmp_path / "run")
     write_parquet(run / "items.parquet", items)
@@ -81,7 +79,7 @@ def test_stage_reports_skipped_input_and_cli_prints_one_line(tmp_path):
     write_parquet(run / "events.parquet", bad)
     config = tmp_path / "cfg.yaml"
     config.write_text("name: bad-input\npairs:\n  u2i_epochs: 1\n")
-    proc = subprocess.run([sys.executable, "-m", "qarm", "pairs", str(config), "--out", str(run.path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    assert "item_id 777" in proc.stderr and "row 7" in proc.stderr and "Traceback" not in proc.stderr
+    code = main(["pairs", str(config), "--out", str(run.path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "item_id 777" in err and "row 7" in err and "events.parquet" in err and "Traceback" not in err

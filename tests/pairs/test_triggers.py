@@ -46,3 +46,16 @@ def test_windows_are_per_user_and_padded():
     assert lo.tolist() == [0, 0, 0, 3, 3] and hi.tolist() == [0, 0, 2, 3, 4]
     w = padded_windows(np.array([10, 11, 12, 20, 21]), lo, hi, 3)
     assert w.tolist() == [[-1, -1, -1], [-1, -1, -1], [-1, 10, 11], [-1, -1, -1], [-1, -1, 20]]
+
+
+def test_long_same_second_runs_with_small_chunks():
+    # a user who clicks 300 items in one second, then 50 more: the band must reach past the tie run
+    rng = np.random.default_rng(2)
+    user = np.r_[np.zeros(350, dtype=np.int64), rng.integers(1, 20, 500)]
+    time = np.r_[np.full(300, 100), np.arange(101, 151), rng.integers(0, 50, 500)]
+    item = rng.integers(0, 60, len(user))
+    emb = unit_rows(60, 8, 3)
+    trig, targ, score, event = mine_triggers(user, item, time, emb, window=5, block=8, chunk=64, progress=False)
+    ref = mine_triggers_reference(user, item, time, emb, window=5)
+    assert set(event.tolist()) == set(ref)
+    assert max(abs(s - ref[e][1]) for s, e in zip(score, event)) < 1e-5

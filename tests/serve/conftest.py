@@ -23,6 +23,9 @@ SERVE_STAGES = ["prepare", "pairs", "align", "quantize", "train"]
 
 @pytest.fixture(scope="session")
 def served_run(pipeline_run) -> Path:
+    """demo-fast through train; ``QARM_SERVE_RUN=DIR`` serves an existing finished run instead."""
+    if os.environ.get("QARM_SERVE_RUN"):
+        return Path(os.environ["QARM_SERVE_RUN"])
     return pipeline_run("demo-fast", SERVE_STAGES)
 
 

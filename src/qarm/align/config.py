@@ -22,7 +22,7 @@ class AlignConfig:
     encode_batch_size: int = 32               # frozen-tower feature extraction batch
     # fusion
     fusion: Literal["mlp", "transformer"] = "mlp"
-    hidden: int = 512                         # fusion width (one token per modality)
+    hidden: int = 256                         # fusion width (one token per modality)
     dim: int = 128                            # aligned embedding size
     modality_dropout: float = 0.1             # training: chance a present modality is hidden (never all)
     dropout: float = 0.1

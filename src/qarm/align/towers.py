@@ -1,4 +1,4 @@
-"""Pretrained towers: text (any HF encoder), image (EfficientNet / timm / torchvision), joint (CLIP-like).
+"""Pretrained towers (loaded frozen, in eval mode): text (any HF encoder), image (EfficientNet / timm / torchvision), joint (CLIP-like).
 
 Every tower maps one modality's prepared input to a pooled feature vector:
 ``TextTower(input_ids, attention_mask) -> [b, out_dim]`` (mean pooling + L2 norm, as
@@ -185,7 +185,7 @@ def load_text_tower(name: str, max_length: int = 128) -> TextTower | None:
     if not hasattr(hf.config, "hidden_size"):
         raise QarmError(f"text model {name!r} ({type(hf).__name__}) has no hidden_size; expected a text encoder "
                         "(for CLIP-like models set align.joint_model instead)")
-    return TextTower(hf, tok, max_length).eval()
+    return TextTower(hf, tok, max_length).eval().requires_grad_(False)
 
 
 def load_joint_towers(name: str, max_length: int = 77) -> tuple[JointTextTower, JointImageTower, int]:
@@ -204,6 +204,7 @@ def load_joint_towers(name: str, max_length: int = 77) -> tuple[JointTextTower, 
         mean, std = tuple(pre.get("image_mean", mean)), tuple(pre.get("image_std", std))
     size = int(joint.config.vision_config.image_size)
     text_len = min(max_length, int(getattr(joint.config.text_config, "max_position_embeddings", max_length)))
+    joint.requires_grad_(False)
     return JointTextTower(joint, tok, text_len).eval(), JointImageTower(joint, mean, std).eval(), size
 
 
@@ -223,7 +224,7 @@ def load_image_tower(name: str, weights: str = "", image_size: int = 224) -> Ima
         _load_weights(net, path, name, ignore=("_fc.",))
         lite = name.startswith("efficientnet-lite")
         mean, std = ((0.5,) * 3, (0.5,) * 3) if lite else (IMAGENET_MEAN, IMAGENET_STD)  # TF-lite: [-1, 1]
-        return ImageTower(net, "efficientnet", mean, std, int(net._conv_head.out_channels)).eval()
+        return ImageTower(net, "efficientnet", mean, std, int(net._conv_head.out_channels)).eval().requires_grad_(False)
     lib, sep, arch = name.partition(":")
     if sep and lib in ("timm", "torchvision"):
         if not weights:
@@ -244,7 +245,7 @@ def load_image_tower(name: str, weights: str = "", image_size: int = 224) -> Ima
         _load_weights(net, Path(weights), name, ignore=("fc.", "classifier.", "head.", "heads."))
         with torch.no_grad():
             out_dim = int(net.eval()(torch.zeros(1, 3, image_size, image_size)).flatten(1).shape[1])
-        return ImageTower(net, lib, IMAGENET_MEAN, IMAGENET_STD, out_dim).eval()
+        return ImageTower(net, lib, IMAGENET_MEAN, IMAGENET_STD, out_dim).eval().requires_grad_(False)
     raise QarmError(f"unknown image model {name!r}: expected efficientnet-lite0 (built-in weights), one of "
                     f"{', '.join(EFFNET_NAMES)} with align.image_weights, timm:<arch> or torchvision:<arch>")
 

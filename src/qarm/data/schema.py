@@ -70,9 +70,14 @@ class _RowFilter:
         self.keep &= ~bad
 
 
+def _plain_ints(s: pd.Series) -> bool:
+    """A numpy integer column: cannot hold missing values, so no NaN scan is needed."""
+    return isinstance(s.dtype, np.dtype) and s.dtype.kind in "iu"
+
+
 def parse_int_ids(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer ids -> (int64 values, bad mask). Bad: missing, not a number, not whole."""
-    if pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans:
+    if _plain_ints(s) or (pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans):
         return s.to_numpy(dtype=np.int64), np.zeros(len(s), dtype=bool)
     parsed = pd.to_numeric(s, errors="coerce")
     if pd.api.types.is_integer_dtype(parsed.dtype) and not parsed.hasnans:  # e.g. all-digit strings: exact
@@ -88,7 +93,7 @@ def parse_timestamps(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     Accepts integer/float unix seconds, datetime columns, and strings holding either a number or
     an ISO-8601 date-time (naive ones read as UTC).
     """
-    if pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans:
+    if _plain_ints(s) or (pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans):
         return s.to_numpy(dtype=np.int64), np.zeros(len(s), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         dt = pd.to_datetime(s, utc=True)
@@ -116,7 +121,7 @@ def parse_labels(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_bool_dtype(s.dtype) and not s.hasnans:
         return s.to_numpy(dtype=np.int8), np.zeros(len(s), dtype=bool)
     if pd.api.types.is_numeric_dtype(s.dtype):
-        if pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans:
+        if _plain_ints(s) or (pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans):
             v = s.to_numpy()
             # int8: one unsigned comparison catches both negatives and values > 1
             bad = v.view(np.uint8) > 1 if v.dtype == np.int8 else (v < 0) | (v > 1)
@@ -143,8 +148,9 @@ def is_member(values: np.ndarray, catalog: np.ndarray) -> np.ndarray:
         return np.isin(values, catalog)
     table = np.zeros(span + 1, dtype=bool)  # last slot: "out of range"
     table[catalog - lo] = True
-    idx = values - lo
-    idx[(idx < 0) | (idx >= span)] = span
+    # Offsets as unsigned: values below ``lo`` wrap to huge numbers, so one clamp handles both ends.
+    idx = (values - lo).view(np.uint64)
+    np.minimum(idx, span, out=idx)
     return table[idx]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 def same_cluster_rate(a: np.ndarray, b: np.ndarray, cluster_of: pd.Series) -> float:
@@ -35,6 +34,8 @@ def tfidf_nearest_pairs(items: pd.DataFrame, item_ids: np.ndarray, batch: int = 
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Each item of ``item_ids`` paired with its cosine-nearest other item of ``item_ids`` in the
     TF-IDF space of items.parquet ``text`` (the raw content space; no alignment involved)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer  # slow import, synthetic runs only
+
     text = items.set_index("item_id").loc[item_ids, "text"].fillna("").astype(str).to_numpy()
     X = TfidfVectorizer(sublinear_tf=True).fit_transform(text)  # rows L2-normalised
     X = sp.csr_matrix(X)

@@ -11,10 +11,12 @@ users. Caps on the history length per user (latest ``max_user_history`` items) a
 per item (``max_item_users``, seeded sample) bound the work per event, so the cost is linear in
 the number of events.
 
-The fast path scores a chunk of anchor items at once with two sparse products over a
-block-diagonal matrix: rows are (anchor, user) pairs, columns (anchor, item) pairs, so one
-``B @ B.T`` gives every within-anchor user-pair overlap and ``(P @ B) * B`` sums the pair weights
-for every neighbour of every anchor in the chunk. No Python loop over users, events or items.
+The fast path scores a chunk of anchor items at once. It stacks the histories of every anchor's
+users into one sparse matrix whose CSC form lists, per item j, the users of each anchor a that
+also clicked j (U_a ∩ U_j) as contiguous runs. Expanding every run into its user pairs (one
+broadcast per run length) yields all (user pair, shared item) triples: a bincount over pair ids
+gives |I_u ∩ I_v|, and summing pair weights per run gives swing(a, j). Work is proportional to the
+triples, and no Python loop runs over users, events or items (see ``_score_anchor_chunk``).
 """
 
 from __future__ import annotations
@@ -100,8 +102,9 @@ class Swing:
 
     Parameters: ``alpha`` smoothing of the user-pair overlap; ``max_user_history`` and
     ``max_item_users`` caps (see module doc); ``topn`` neighbours kept per item;
-    ``chunk_budget`` upper bound on the non-zeros of one chunk's ``P @ B`` (memory knob);
-    ``random_state`` seeds the users-per-item sample.
+    ``chunk_budget`` non-zeros of the stacked user histories of one chunk of anchors, and
+    ``pair_budget`` (user pair, shared item) triples of one chunk (a chunk over it is halved):
+    the memory knobs; ``random_state`` seeds the users-per-item sample.
 
     Learned: ``items_`` int64 [n_items] item ids seen; ``neighbours_`` int64 [n_items, topn]
     neighbour item ids by decreasing score (-1 pad); ``scores_`` float32 [n_items, topn] (0 pad);
@@ -169,10 +172,10 @@ class Swing:
         keep = (nb >= 0) & (score > min_score)
         rows, nb, score = rows[keep], nb[keep], score[keep]
         if mutual and len(rows):
-            # (a, b) is mutual when (b, a) is also a kept pair: look it up by a joint key
-            n = int(max(rows.max(), nb.max())) + 1
-            key = rows * n + nb
-            rev = nb * n + rows
+            # (a, b) is mutual when (b, a) is also a kept pair: look it up by a joint key of positions
+            n = len(self.items_)
+            ra, rb = np.searchsorted(self.items_, rows), np.searchsorted(self.items_, nb)
+            key, rev = ra * n + rb, rb * n + ra
             keep = np.isin(rev, key)
             rows, nb, score = rows[keep], nb[keep], score[keep]
         return rows, nb, score

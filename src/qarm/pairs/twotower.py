@@ -157,19 +157,21 @@ def recall_at_k(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray],
                 batch: int = 4096) -> dict[int, float]:
     """Share of rows whose target is in the top-k of ``scores`` over the whole catalogue.
 
-    scores: float [n, n_items] (or a callable-free precomputed matrix); targets: int [n] item rows;
-    seen: per row, item rows excluded from ranking (the user's training positives, never the target).
+    scores: float [n, n_items]; targets: int [n] item rows; seen: per row, int item rows excluded
+    from the ranking (the user's training positives; the target itself is never excluded).
     Returns {k: recall}.
     """
     kmax = max(ks)
     hits = {k: 0 for k in ks}
     for start in range(0, len(targets), batch):
-        s = torch.from_numpy(np.array(scores[start:start + batch], dtype=np.float32))
-        for r, excl in enumerate(seen[start:start + batch]):
-            excl = excl[excl != targets[start + r]]
-            s[r, torch.from_numpy(excl)] = float("-inf")
-        top = torch.topk(s, min(kmax, s.shape[1]), dim=1).indices.numpy()
-        t = targets[start:start + batch, None]
+        s = np.array(scores[start:start + batch], dtype=np.float32)
+        t = targets[start:start + batch]
+        excl = seen[start:start + batch]
+        rows = np.repeat(np.arange(len(excl)), [len(e) for e in excl])
+        cols = np.concatenate(excl).astype(np.int64) if len(excl) else np.zeros(0, dtype=np.int64)
+        keep = cols != t[rows]
+        s[rows[keep], cols[keep]] = -np.inf
+        top = torch.topk(torch.from_numpy(s), min(kmax, s.shape[1]), dim=1).indices.numpy()
         for k in ks:
-            hits[k] += int((top[:, :k] == t).any(axis=1).sum())
+            hits[k] += int((top[:, :k] == t[:, None]).any(axis=1).sum())
     return {k: hits[k] / max(len(targets), 1) for k in ks}

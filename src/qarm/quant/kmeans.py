@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from qarm.quant.checks import QuantizeError
 
@@ -48,7 +49,9 @@ def fit_kmeans(x: np.ndarray, k: int, *, n_iter: int, n_init: int, init: str, se
                           min_points_per_centroid=1, verbose=False)
         if init == "kmeans++":
             seed_x = x if n <= 20 * k else x[rng.choice(n, 20 * k, replace=False)]  # seeding on a sample: cheap, as good
-            km.train(x, init_centroids=kmeans_plusplus(seed_x, k, rng))
+            with threadpool_limits(1, "blas"):  # tiny GEMMs: BLAS threads only add sync overhead
+                init_centroids = kmeans_plusplus(seed_x, k, rng)
+            km.train(x, init_centroids=init_centroids)
         else:
             km.train(x)
         obj = float(km.obj[-1]) if len(km.obj) else np.inf

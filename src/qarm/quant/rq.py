@@ -13,10 +13,13 @@ argmin per level; the prices are a lookup added before the last argmin.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from qarm.io import read_json, read_npy, write_json, write_npy
@@ -25,13 +28,23 @@ from qarm.quant.checks import QuantizeError, check_embeddings
 from qarm.quant.kmeans import NearestCentroid, fit_kmeans
 
 
+class _Plan:
+    """Per-level transform matrices: centroids float32 [K, d] and [-2 C^T; ||c||^2] float32 [d + 1, K]."""
+
+    def __init__(self, codebooks: list[np.ndarray]) -> None:
+        self.centroids = [np.ascontiguousarray(C, dtype=np.float32) for C in codebooks]
+        self.mats = [np.ascontiguousarray(np.vstack([-2.0 * C.T, np.einsum("ij,ij->i", C, C)[None, :]]),
+                                          dtype=np.float32) for C in self.centroids]
+
+
 class RQKMeans:
     """Residual k-means quantiser (scikit-learn style).
 
     Parameters: ``sizes`` codes per level; ``n_iter`` Lloyd iterations; ``n_init`` restarts per level;
     ``init`` "kmeans++" or "random"; ``max_train_points`` k-means sample (0 = all); ``refine_rounds``;
     ``balanced`` and its ``balance_budget`` (max extra squared error per item as a share of the mean
-    error), ``balance_candidates`` and ``balance_rounds``; ``chunk_size`` rows per transform chunk; ``seed``.
+    error), ``balance_candidates`` and ``balance_rounds``; ``chunk_size`` rows per transform chunk;
+    ``n_threads`` transform threads (0 = all cores); ``seed``.
 
     Learned: ``codebooks_`` list of float32 [K_l, dim]; ``price_keys_`` int64 [p], ``price_values_``
     float32 [p] (balanced); ``dim_``; ``fit_mse_`` mean squared error on the fitted items.
@@ -40,13 +53,14 @@ class RQKMeans:
     def __init__(self, sizes: Sequence[int] = (256, 256, 256), *, n_iter: int = 25, n_init: int = 1,
                  init: str = "kmeans++", max_train_points: int = 500_000, refine_rounds: int = 2,
                  balanced: bool = True, balance_budget: float = 0.2, balance_candidates: int = 32,
-                 balance_rounds: int = 30, chunk_size: int = 16384, seed: int = 0, verbose: bool = False) -> None:
+                 balance_rounds: int = 30, chunk_size: int = 8192, n_threads: int = 0, seed: int = 0,
+                 verbose: bool = False) -> None:
         self.sizes = [int(k) for k in sizes]
         self.n_iter, self.n_init, self.init = n_iter, n_init, init
         self.max_train_points, self.refine_rounds = max_train_points, refine_rounds
         self.balanced, self.balance_budget = balanced, balance_budget
         self.balance_candidates, self.balance_rounds = balance_candidates, balance_rounds
-        self.chunk_size, self.seed, self.verbose = chunk_size, seed, verbose
+        self.chunk_size, self.n_threads, self.seed, self.verbose = chunk_size, n_threads, seed, verbose
         if not self.sizes or min(self.sizes) < 1:
             raise QuantizeError(f"rq_sizes must be a non-empty list of positive code counts, got {list(sizes)}")
 
@@ -162,28 +176,47 @@ class RQKMeans:
             yield s, X[s:s + self.chunk_size]
 
     def _encode(self, X: np.ndarray, prices: bool) -> np.ndarray:
+        """Codes int32 [n, L]; chunks run on ``n_threads`` threads with single-threaded BLAS each, so the
+        argmin and residual updates run in parallel too (numpy releases the GIL in all of them)."""
         codes = np.empty((X.shape[0], len(self.sizes)), np.int32)
-        searchers = [NearestCentroid(C) for C in self.codebooks_]
-        for s, chunk in self._chunks(X):
-            codes[s:s + len(chunk)], _ = self._encode_chunk(chunk, len(self.sizes), prices, searchers)
+        plan = _Plan(self.codebooks_)
+        starts = range(0, X.shape[0], self.chunk_size)
+        threads = min(self.n_threads or os.cpu_count() or 1, len(starts))
+
+        def work(s: int) -> None:
+            codes[s:s + self.chunk_size] = self._encode_chunk(X[s:s + self.chunk_size], len(self.sizes), prices, plan)[0]
+
+        if threads <= 1:
+            for s in starts:
+                work(s)
+        else:
+            with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, starts))
         return codes
 
     def _encode_chunk(self, chunk: np.ndarray, upto: int, prices: bool = False,
-                      searchers: list[NearestCentroid] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Codes of the first ``upto`` levels and the residual they leave, for one chunk."""
-        searchers = searchers or [NearestCentroid(C) for C in self.codebooks_]
-        r = np.array(chunk, dtype=np.float32, copy=True)
-        codes = np.empty((len(chunk), upto), np.int32)
+                      plan: "_Plan | None" = None) -> tuple[np.ndarray, np.ndarray]:
+        """Codes int32 [b, upto] of the first ``upto`` levels and the residual float32 [b, dim] they leave.
+
+        One GEMM per level against [-2 C^T; ||c||^2]: the residual carries a constant 1 column, so the
+        centroid norms come out of the same product and the scores need no extra pass before the argmin.
+        """
+        plan = plan or _Plan(self.codebooks_)
+        b, d = chunk.shape
+        r_aug = np.empty((b, d + 1), np.float32)
+        r_aug[:, :d] = chunk
+        r_aug[:, d] = 1.0
+        r = r_aug[:, :d]
+        codes = np.empty((b, upto), np.int32)
         last = len(self.sizes) - 1
         for level in range(upto):
-            nc = searchers[level]
-            sc = nc.scores(r)
+            sc = r_aug @ plan.mats[level]
             if prices and level == last and self.price_keys_.size:
                 add_prices(sc, self._prefix(codes[:, :last]), self.price_keys_, self.price_values_, self.sizes[-1])
             a = sc.argmin(axis=1)
             codes[:, level] = a
-            r -= nc.centroids[a]
-        return codes, r
+            r -= plan.centroids[level][a]
+        return codes, np.ascontiguousarray(r)
 
     def _prefix(self, codes: np.ndarray) -> np.ndarray:
         """Codes of the first levels as one mixed-radix int64 per row (0 when there is no prefix)."""
@@ -231,7 +264,7 @@ class RQKMeans:
                 "max_train_points": self.max_train_points, "refine_rounds": self.refine_rounds,
                 "balanced": self.balanced, "balance_budget": self.balance_budget,
                 "balance_candidates": self.balance_candidates, "balance_rounds": self.balance_rounds,
-                "chunk_size": self.chunk_size, "seed": self.seed}
+                "chunk_size": self.chunk_size, "n_threads": self.n_threads, "seed": self.seed}
 
     def __repr__(self) -> str:
         return f"RQKMeans({json.dumps(self.get_params())})"

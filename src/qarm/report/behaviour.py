@@ -15,7 +15,10 @@ from qarm.report.overview import all_figures, not_run
 from qarm.report.plots import PALETTE, bars, grouped_bars, new_figure, shared_legend
 from qarm.report.projection import colour_labels, project_2d, subsample
 
-RECALL_KS = (10, 50, 100)
+def _ks(metrics: dict, pattern: str) -> list[int]:
+    """The k of every flattened key matching ``pattern`` (a regex with one group for k), sorted."""
+    found = {int(mt.group(1)) for key, _ in flatten(metrics) for mt in [re.fullmatch(pattern, key)] if mt}
+    return sorted(found)
 
 
 def pairs_section(ctx: ReportContext) -> str:
@@ -29,17 +32,18 @@ def pairs_section(ctx: ReportContext) -> str:
     if pairs is not None and len(pairs):
         sources = sorted(pairs["source"].unique())
         fig, axes = new_figure(ncols=1 + len(sources), width=3.3 * (1 + len(sources)), height=3.0)
-        counts = pairs["source"].value_counts()
-        bars(axes[0], sources, [int(counts[s]) for s in sources], color=[PALETTE[i] for i in range(len(sources))],
+        per_source = pairs["source"].value_counts()
+        bars(axes[0], sources, [int(per_source[s]) for s in sources], color=[PALETTE[i] for i in range(len(sources))],
              fmt="{:,.0f}")
         axes[0].set_title("pairs per source", fontsize=10)
         axes[0].margins(y=0.15)
         for i, s in enumerate(sources):
             score = pairs.loc[pairs["source"] == s, "score"].to_numpy(dtype=np.float64)
             score = score[np.isfinite(score)]
-            counts, _, _ = axes[1 + i].hist(score, bins=40, color=PALETTE[i])
-            if counts.max() > 20 * max(np.median(counts[counts > 0]), 1):  # a long tail: log scale shows it
-                axes[1 + i].set_yscale("log")
+            if score.size:
+                heights, _, _ = axes[1 + i].hist(score, bins=40, color=PALETTE[i])
+                if heights.max() > 20 * max(np.median(heights[heights > 0]), 1):  # a long tail: log scale shows it
+                    axes[1 + i].set_yscale("log")
             axes[1 + i].set_title(f"{s} pair scores", fontsize=10)
             axes[1 + i].set_xlabel("cosine (U2I space)" if s == "u2i" else "Swing score" if s == "i2i" else "score")
         out.append(ctx.plot(fig, "pair counts and score histograms",
@@ -53,7 +57,7 @@ def pairs_section(ctx: ReportContext) -> str:
         out.append(H.note("pairs.parquet is missing from the run directory."))
 
     groups, u2i, pop = [], [], []
-    for k in RECALL_KS:
+    for k in _ks(m, r"(?:u2i|popularity)_recall@(\d+)"):
         a, b = number(lookup(m, f"u2i_recall@{k}")), number(lookup(m, f"popularity_recall@{k}"))
         if a is not None or b is not None:
             groups.append(f"Recall@{k}")
@@ -117,12 +121,6 @@ def _coverage(ctx: ReportContext, pairs: pd.DataFrame) -> str:
                     "through the shared encoder.")
 
 
-def _ks(metrics: dict, pattern: str) -> list[int]:
-    """The k of every flattened key matching ``pattern`` (a regex with one group for k), sorted."""
-    found = {int(mt.group(1)) for key, _ in flatten(metrics) for mt in [re.fullmatch(pattern, key)] if mt}
-    return sorted(found)
-
-
 def align_section(ctx: ReportContext) -> str:
     if not ctx.has_run("align") and ctx.artifact("emb_aligned.npy") is None:
         return not_run(ctx, "align", "alignment figures")
@@ -181,8 +179,8 @@ def align_section(ctx: ReportContext) -> str:
         ax.set_ylabel("InfoNCE loss")
         ax.set_title("alignment training loss", fontsize=10)
         temp = number(lookup(m, "temperature"))
-        out.append(ctx.plot(fig, "alignment training loss",
-                            "Symmetric in-batch InfoNCE loss per epoch" + (f"; final temperature {temp:.3g}." if temp else ".")))
+        caption = "Symmetric in-batch InfoNCE loss per epoch" + (f"; final temperature {temp:.3g}." if temp else ".")
+        out.append(ctx.plot(fig, "alignment training loss", caption))
     out.append(_projection(ctx))
     out.append(_pair_similarity(ctx))
     out.append(all_figures(ctx, "align"))

@@ -43,15 +43,16 @@ def codes_section(ctx: ReportContext) -> str:
     if not ctx.has_run("quantize") and ctx.artifact("codes.parquet") is None:
         return not_run(ctx, "quantize", "code statistics")
     m = ctx.stage_metrics("quantize")
-    headline = [("RQ levels", lookup(m, "rq.levels")), ("RQ sizes", lookup(m, "rq.sizes")),
-                ("collision rate", lookup(m, "rq.collision_rate")), ("unique-SID ratio", lookup(m, "rq.unique_sid_ratio")),
-                ("max items per code", lookup(m, "rq.max_items_per_code")), ("VQ K", lookup(m, "vq.k")),
-                ("held-out items' collision rate", lookup(m, "rq.holdout_collision_rate")),
-                ("VQ pool size", lookup(m, "vq.pool_size")), ("VQ distinct codes used", lookup(m, "vq.distinct_codes_used")),
-                ("VQ neighbour overlap", lookup(m, "vq.neighbor_overlap"))]
+    headline = [(label, lookup(m, key)) for label, key in (
+        ("RQ levels", "rq.levels"), ("RQ sizes", "rq.sizes"), ("collision rate", "rq.collision_rate"),
+        ("unique-SID ratio", "rq.unique_sid_ratio"), ("max items per code", "rq.max_items_per_code"),
+        ("held-out items' collision rate", "rq.holdout_collision_rate"), ("VQ K", "vq.k"),
+        ("VQ pool size", "vq.pool_size"), ("VQ distinct codes used", "vq.distinct_codes_used"),
+        ("VQ neighbour overlap", "vq.neighbor_overlap"))]
     out = [H.cards([(k, v) for k, v in headline if v is not None])]
-    per_level = {name: lookup(m, f"rq.{key}") for name, key in
-                 (("utilisation", "utilization"), ("perplexity", "perplexity"), ("relative reconstruction error", "rel_recon_error"))}
+    per_level = {name: lookup(m, f"rq.{key}") for name, key in (
+        ("utilisation", "utilization"), ("perplexity", "perplexity"),
+        ("relative reconstruction error", "rel_recon_error"))}
     per_level = {k: v for k, v in per_level.items() if isinstance(v, list) and v}
     if per_level:
         n_levels = max(len(v) for v in per_level.values())
@@ -85,7 +86,7 @@ def _rq_usage(ctx: ReportContext, rq: np.ndarray, m: dict) -> str:
     out = [H.h3("Collisions by code prefix (computed from codes.parquet)")]
     out.append(H.table(["prefix", "distinct codes", "unique-SID ratio", "collision rate", "mean items per code",
                         "max items per code"],
-                       [["levels 1" + (f"-{s['depth']}" if s["depth"] > 1 else ""), s["distinct"], s["unique_sid_ratio"],
+                       [["level 1" if s["depth"] == 1 else f"levels 1-{s['depth']}", s["distinct"], s["unique_sid_ratio"],
                          s["collision_rate"], s["mean_items"], s["max_items"]] for s in stats],
                        numeric=[False] + [True] * 5))
     fig, axes = new_figure(ncols=n_levels, width=3.3 * n_levels, height=3.0)
@@ -110,9 +111,15 @@ def _rq_usage(ctx: ReportContext, rq: np.ndarray, m: dict) -> str:
     capped = np.minimum(counts, cap + 1)
     codes_per_size = np.bincount(capped)[1:]                 # [s-1] = codes holding s items
     items_per_size = np.bincount(capped, weights=counts)[1:]  # [s-1] = items in such codes
-    labels = [str(s) for s in range(1, min(cap, len(codes_per_size)) + 1)] + ([f">{cap}"] if len(codes_per_size) > cap else [])
+    labels = [str(s) for s in range(1, min(cap, len(codes_per_size)) + 1)]
+    labels += [f">{cap}"] if len(codes_per_size) > cap else []
     fig, axes = new_figure(ncols=2, width=9.5, height=3.0)
     axes[0].bar(labels, codes_per_size, color=PALETTE[0])
+    for x, c in enumerate(codes_per_size):
+        axes[0].annotate(f"{int(c):,}", (x, c), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
+                         textcoords="offset points")
+    if codes_per_size.max() > 50 * max(codes_per_size[codes_per_size > 0].min(), 1):
+        axes[0].set_yscale("log")  # a few large groups next to many unique codes
     axes[0].set_xlabel("items sharing a full code")
     axes[0].set_ylabel("codes")
     axes[0].set_title("codes by number of items", fontsize=10)

@@ -53,7 +53,9 @@ def ranking_section(ctx: ReportContext) -> str:
                   f"({', '.join(map(str, seeds))}); figures are mean ± standard deviation over seeds, on the test "
                   "split (cold AUC: test-period events of the held-out cold-start items). Best AUC on "
                   f"{ctx.cfg.rank.tasks[0] if ctx.cfg.rank.tasks else 'the first task'} in green."
-                  + (f" The variant served by default (best mean valid AUC) is {default}." if default else ""))]
+                  + (f" The variant served by default (best mean valid AUC) is {default}." if default else "")
+                  + " The paper's direction is qarm ≥ vq, rq > ia_rep ≥ frozen_mm ≥ id, with the largest gains on "
+                    "cold-start items; the Δ columns show how this run compares.")]
     headers = ["variant"] + [f"{task} {label}" for task in tasks for _, label in METRICS]
     rows = [[v] + [H.fmt_mean_std(*fig_of(v, t, key)) for t in tasks for key, _ in METRICS] for v in variants]
     if "id" in variants:  # the lift over the id-only ranker is the number the ablation is about
