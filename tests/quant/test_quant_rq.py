@@ -13,8 +13,6 @@ from qarm.quant.metrics import collision_stats, level_usage, rel_recon_errors
 from qarm.quant.rq import RQKMeans
 from qarm.quant.synthetic import clustered_embeddings
 
-faiss.omp_set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def world():

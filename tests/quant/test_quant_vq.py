@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
 from qarm.quant.checks import EmbeddingError, QuantizeError
 from qarm.quant.synthetic import clustered_embeddings
 from qarm.quant.vq import VQCoder
-
-faiss.omp_set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from qarm.io import read_json, write_bytes, write_npy
@@ -15,7 +16,6 @@ from qarm.report.stage import SECTIONS, build_report
 from qarm.runner import RunDir, run_stages
 from report_fixtures import render
 
-TESTS_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 IMG_SRC = re.compile(r'<img src="([^"]*)"')
 
 
@@ -117,30 +117,39 @@ def test_a_corrupt_artifact_costs_only_its_section(fake_run):
     assert 'alt="events per split and modality coverage"' in page
 
 
-# the stages the real-run test drives (the pipeline_run cache shares them with the other stages' tests)
-REAL_STAGES = ["prepare", "pairs"]
+# Real runs through the shared pipeline_run cache: the rank tests have already run ml100k-fast through
+# train and the align tests demo-fast through align, so here only the report itself is new work.
+REAL_RUNS = {"ml100k-fast": ["prepare", "pairs", "align", "quantize", "train"],
+             "demo-fast": ["prepare", "pairs", "align"]}
+METRICS_KEY = {"prepare": "prepare", "pairs": "pairs", "align": "align", "quantize": "quantize", "train": "rank"}
 
 
-def test_report_of_a_real_demo_run(pipeline_run, chromium, tmp_path):
-    run = pipeline_run("demo-fast", REAL_STAGES)
-    from qarm.config import load_config
-
-    cfg = load_config(TESTS_CONFIGS / "demo-fast.yaml")
+@pytest.mark.parametrize("config", list(REAL_RUNS))
+def test_report_of_a_real_run_renders_in_chromium(config, pipeline_run, chromium, tmp_path):
+    stages = REAL_RUNS[config]
+    run = pipeline_run(config, stages)
     metrics_before = read_json(run / "metrics.json")
-    run_stages(cfg, run, stages=["report"], force=True, log=lambda _: None)
-    assert read_json(run / "metrics.json") == metrics_before
+    pipeline_run(config, stages + ["report"])
+    m = read_json(run / "metrics.json")
+    assert m == metrics_before, "the report stage must not write figures"
     page = (run / "report.html").read_text()
     assert 'class="error"' not in page
-    m = metrics_before
+    for stage, key in METRICS_KEY.items():  # exactly the stages without figures say they have not run
+        assert (f"The {stage} stage has not run" in page) == (key not in m), stage
     assert f'<div class="v">{m["prepare"]["n_items"]:,}</div><div class="k">n items</div>' in page
-    assert 'alt="events per split and modality coverage"' in page
-    if "pairs" in REAL_STAGES:
-        assert f'<div class="v">{m["pairs"]["n_u2i"]:,}</div><div class="k">n u2i</div>' in page
-        assert 'alt="U2I recall against popularity and pair quality"' in page
-    if "align" in REAL_STAGES:
+    assert f'<div class="v">{m["pairs"]["n_u2i"]:,}</div><div class="k">n u2i</div>' in page
+    for alt in ("events per split and modality coverage", "U2I recall against popularity and pair quality",
+                "recall raw against aligned", "PCA projection of raw and aligned embeddings",
+                "cosine similarity of mined and random pairs"):
+        assert f'alt="{alt}"' in page
+    if config == "demo-fast":  # the synthetic world has ground truth: the projection shows business clusters
         assert "coloured by ground-truth business cluster" in page
-    for stage in ("pairs", "align", "quantize", "train"):
-        assert (f"The {stage} stage has not run" in page) == (stage not in REAL_STAGES)
+    else:  # MovieLens: first genre; and the whole ablation
+        assert "coloured by category (first genre)" in page
+        for alt in ("RQ code usage per level", "ranking ablation AUC and GAUC", "cold-start AUC by variant",
+                    "AUC per frequency bucket"):
+            assert f'alt="{alt}"' in page
+        assert "Task click" in page and "Headline results" in page
     images = _pngs(page)
     shot = tmp_path / "real.png"
     dom = render(chromium, run / "report.html", screenshot=shot, height=2000)
@@ -175,30 +184,12 @@ def undocumented(metrics: dict, doc: str, tasks: list[str]) -> list[str]:
     return missing
 
 
-def test_metrics_doc_names_every_key_a_real_run_writes(pipeline_run):
-    run = pipeline_run("demo-fast", REAL_STAGES)
+def test_metrics_doc_names_every_key_real_runs_write(pipeline_run):
+    """docs/metrics.md documents every figure the stages really write (MovieLens and synthetic keys)."""
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    metrics = read_json(run / "metrics.json")
-    assert set(metrics) == {"prepare", "pairs", "align", "quantize", "rank"} & {
-        {"train": "rank"}.get(s, s) for s in REAL_STAGES}
-    assert undocumented(metrics, doc, ["click", "like"]) == []
+    for config, stages in REAL_RUNS.items():
+        metrics = read_json(pipeline_run(config, stages) / "metrics.json")
+        assert {METRICS_KEY[s] for s in stages} <= set(metrics)
+        assert undocumented(metrics, doc, ["click", "like"]) == [], config
     # and the check bites: an undocumented key is found
     assert undocumented({"pairs": {"n_u2i": 1, "made_up": 2}}, doc, []) == ["pairs: made_up"]
-
-
-def test_projection_colours_by_first_genre_without_ground_truth(fake_run):
-    """MovieLens has no ground truth: the projection falls back to the first genre of items.parquet category."""
-    cfg, run = fake_run(stages=["prepare", "align"])
-    (run / "data" / "ground_truth.parquet").unlink()
-    from qarm.report.behaviour import _item_colours
-    from qarm.report.context import ReportContext
-
-    ctx = ReportContext.load(cfg, RunDir(run))
-    labels, what = _item_colours(ctx, np.array([3, 6, 9], dtype=np.int64))
-    assert what == "category (first genre)"
-    from qarm.io import read_parquet
-
-    cats = read_parquet(run / "items.parquet").set_index("item_id").loc[[3, 6, 9], "category"]
-    assert list(labels) == [c.split(",")[0] for c in cats]
-    page, failed = build_report(cfg, RunDir(run))
-    assert not failed and "coloured by category (first genre)" in page

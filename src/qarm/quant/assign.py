@@ -27,7 +27,7 @@ class CodeAssigner:
         self.dim = rq.dim_
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "CodeAssigner":
+    def load(cls, run_dir: str | Path) -> CodeAssigner:
         quant = Path(run_dir) / "quant"
         meta = read_json(quant / "quantize.json")
         if meta is None:
@@ -88,5 +88,5 @@ def assign_items(run_dir: str | Path, items_path: str | Path, out_path: str | Pa
     emb = check_embeddings(emb, f"{items_path} (encoded)", dim=assigner.dim, ids=ids)
     vq, rq = assigner.assign(emb, item_ids=ids)
     write_parquet(out_path, codes_table(ids, vq, rq))
-    return {"n_items": int(len(ids)), "n_in_pool": int(np.isin(ids, assigner.vq.pool_ids_).sum()),
+    return {"n_items": len(ids), "n_in_pool": int(np.isin(ids, assigner.vq.pool_ids_).sum()),
             "dim": int(emb.shape[1])}

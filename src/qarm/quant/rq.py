@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -65,7 +65,7 @@ class RQKMeans:
             raise QuantizeError(f"rq_sizes must be a non-empty list of positive code counts, got {list(sizes)}")
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: np.ndarray) -> "RQKMeans":
+    def fit(self, X: np.ndarray) -> RQKMeans:
         """Fit codebooks (and balance prices) on X float32 [n, dim]."""
         X = check_embeddings(X, "RQKMeans.fit(X)", allow_zero=True)
         n, self.dim_ = X.shape
@@ -195,7 +195,7 @@ class RQKMeans:
         return codes
 
     def _encode_chunk(self, chunk: np.ndarray, upto: int, prices: bool = False,
-                      plan: "_Plan | None" = None) -> tuple[np.ndarray, np.ndarray]:
+                      plan: _Plan | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Codes int32 [b, upto] of the first ``upto`` levels and the residual float32 [b, dim] they leave.
 
         One GEMM per level against [-2 C^T; ||c||^2]: the residual carries a constant 1 column, so the
@@ -247,7 +247,7 @@ class RQKMeans:
         write_json(d / "rq.json", {"params": self.get_params(), "dim": self.dim_})
 
     @classmethod
-    def load(cls, directory: str | Path) -> "RQKMeans":
+    def load(cls, directory: str | Path) -> RQKMeans:
         d = Path(directory)
         meta = read_json(d / "rq.json")
         if meta is None:
@@ -275,8 +275,11 @@ def _mse(X: np.ndarray, Xhat: np.ndarray) -> float:
 
 
 def _cluster_sums(a: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums float32 [k, d] and counts int64 [k] of x [n, d] by label a [n] (sparse one-hot GEMM)."""
-    import scipy.sparse as sp
-
-    onehot = sp.csr_matrix((np.ones(len(a), np.float32), (a, np.arange(len(a)))), shape=(k, len(a)))
-    return np.asarray(onehot @ x, dtype=np.float32), np.bincount(a, minlength=k)
+    """Per-cluster sums float32 [k, d] and counts int64 [k] of x [n, d] by label a [n] (sort + reduceat)."""
+    counts = np.bincount(a, minlength=k)
+    sums = np.zeros((k, x.shape[1]), np.float32)
+    order = np.argsort(a, kind="stable")
+    used = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[used]
+    sums[used] = np.add.reduceat(x[order], starts, axis=0)
+    return sums, counts

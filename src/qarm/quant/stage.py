@@ -76,7 +76,7 @@ def run_quantize(cfg: Config, run) -> dict:
                                              "n_fit_items": int(fit.sum()), "n_holdout_items": int(holdout.sum())})
     write_parquet(run / "codes.parquet", codes_table(ids, vq_codes, rq_codes))
 
-    metrics = {"embedding": q.embedding, "n_items": int(len(items)), "n_fit_items": int(fit.sum()),
+    metrics = {"embedding": q.embedding, "n_items": len(items), "n_fit_items": int(fit.sum()),
                "n_holdout_items": int(holdout.sum())}
     metrics.update(rq_metrics(emb, rq_codes, rq.codebooks_, rq.sizes))
     metrics["rq.balanced"] = bool(q.rq_balanced)

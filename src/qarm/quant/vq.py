@@ -42,7 +42,7 @@ class VQCoder:
         if k < 1:
             raise QuantizeError(f"vq_k must be at least 1, got {k}")
 
-    def fit(self, emb: np.ndarray, item_ids: np.ndarray, popularity: np.ndarray | None = None) -> "VQCoder":
+    def fit(self, emb: np.ndarray, item_ids: np.ndarray, popularity: np.ndarray | None = None) -> VQCoder:
         """Choose the pool among the candidates emb float32 [n, dim] with ids int64 [n] and build the index.
 
         ``popularity`` (e.g. train counts, [n]) ranks candidates for ``pool="popular"``.
@@ -156,7 +156,7 @@ class VQCoder:
         write_json(d / "vq.json", {"params": self.get_params(), "dim": self.dim_})
 
     @classmethod
-    def load(cls, directory: str | Path) -> "VQCoder":
+    def load(cls, directory: str | Path) -> VQCoder:
         d = Path(directory)
         meta = read_json(d / "vq.json")
         if meta is None:

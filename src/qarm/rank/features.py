@@ -68,7 +68,7 @@ def _padded(rows: np.ndarray, fill: int | float = PAD) -> np.ndarray:
 class ItemTables:
     """Per-item arrays, row = ``items.parquet`` row + 2 (see module docstring).
 
-    index: name -> int64 [R, width] vocabulary indices; dense: name -> float32 [R, d];
+    index: name -> int64 [R, width] vocabulary indices (width 1 for single-valued features); dense: name -> float32 [R, d];
     vocab: name -> vocabulary size; prefix: int64 [R, L] enumerated RQ prefix of depth 1..L
     (raw, -1 for PAD/UNKNOWN); vq: csr [R, pool] raw VQ code indicator.
     """
@@ -102,8 +102,8 @@ def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: di
     n = len(item_ids)
     trained = _padded(items["train_count"].to_numpy(np.int64) > 0, False)
     t = ItemTables(item_ids=item_ids)
-    ids = _padded(np.arange(n, dtype=np.int64), -1)
-    t.index["item_id"], t.vocab["item_id"] = _compact(ids, trained)
+    ids = _padded(np.arange(n, dtype=np.int64), -1)[:, None]
+    t.index["item_id"], t.vocab["item_id"] = _compact(ids, trained[:, None])
     t.index["item_id"][0] = PAD  # row 1 (unknown item) is already UNKNOWN
     for name, emb in dense.items():
         emb = np.asarray(emb)

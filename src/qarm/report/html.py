@@ -27,7 +27,7 @@ h3 { color: #33475b; margin-bottom: 6px; }
 table { border-collapse: collapse; margin: 8px 0 12px 0; font-size: 14px; }
 th, td { border: 1px solid #d8dce3; padding: 4px 10px; text-align: left; }
 th { background: #eef1f5; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.best td { background: #eaf6ea; }
 figure { margin: 10px 0 14px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eceff3; }

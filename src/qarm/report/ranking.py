@@ -51,30 +51,31 @@ def ranking_section(ctx: ReportContext) -> str:
     default = lookup(m, "default_variant")
     out = [H.para(f"Every variant is trained on identical data and splits, with {len(seeds)} seed(s) "
                   f"({', '.join(map(str, seeds))}); figures are mean ± standard deviation over seeds, on the test "
-                  "split (cold AUC: test-period events of the held-out cold-start items). Best AUC on "
-                  f"{ctx.cfg.rank.tasks[0] if ctx.cfg.rank.tasks else 'the first task'} in green."
+                  "split (cold AUC: test-period events of the held-out cold-start items)"
+                  + (": one seed, so no spread." if len(seeds) == 1 else ".") + " Best AUC per task in green."
                   + (f" The variant served by default (best mean valid AUC) is {default}." if default else "")
                   + " The paper's direction is qarm ≥ vq, rq > ia_rep ≥ frozen_mm ≥ id, with the largest gains on "
                     "cold-start items; the Δ columns show how this run compares.")]
-    headers = ["variant"] + [f"{task} {label}" for task in tasks for _, label in METRICS]
-    rows = [[v] + [H.fmt_mean_std(*fig_of(v, t, key)) for t in tasks for key, _ in METRICS] for v in variants]
-    if "id" in variants:  # the lift over the id-only ranker is the number the ablation is about
-        for t in tasks:
+    best_epoch = [mean_std(lookup(variants_m.get(v, {}), "best_epoch")) for v in variants]
+    for t in tasks:  # one table per task: variants down, figures across
+        headers = ["variant"] + [label for _, label in METRICS]
+        rows = [[v] + [H.fmt_mean_std(*fig_of(v, t, key)) for key, _ in METRICS] for v in variants]
+        if "id" in variants:  # the lift over the id-only ranker is what the ablation is about
             base, base_cold = fig_of("id", t, "auc")[0], fig_of("id", t, "cold_auc")[0]
-            headers += [f"{t} ΔAUC vs id", f"{t} Δcold AUC vs id"]
+            headers += ["ΔAUC vs id", "Δcold AUC vs id"]
             for row, v in zip(rows, variants):
-                auc, cold = fig_of(v, t, "auc")[0], fig_of(v, t, "cold_auc")[0]
-                row += [f"{auc - base:+.4f}" if auc is not None and base is not None else "–",
-                        f"{cold - base_cold:+.4f}" if cold is not None and base_cold is not None else "–"]
-    if any(mean_std(lookup(variants_m.get(v, {}), "best_epoch"))[0] is not None for v in variants):
-        headers.append("best epoch")
-        for row, v in zip(rows, variants):
-            row.append(H.fmt_mean_std(*mean_std(lookup(variants_m.get(v, {}), "best_epoch")), digits=1))
-    first_task = tasks[0] if tasks else None
-    aucs = [fig_of(v, first_task, "auc")[0] for v in variants]
-    best = max((a for a in aucs if a is not None), default=None)
-    out.append(H.table(headers, rows, numeric=[False] + [True] * (len(headers) - 1),
-                       highlight=[a is not None and a == best for a in aucs]))
+                a, c = fig_of(v, t, "auc")[0], fig_of(v, t, "cold_auc")[0]
+                row += [f"{a - base:+.4f}" if a is not None and base is not None else "–",
+                        f"{c - base_cold:+.4f}" if c is not None and base_cold is not None else "–"]
+        if any(ms[0] is not None for ms in best_epoch):
+            headers.append("best epoch")
+            for row, ms in zip(rows, best_epoch):
+                row.append(H.fmt_mean_std(*ms, digits=1))
+        aucs = [fig_of(v, t, "auc")[0] for v in variants]
+        best = max((a for a in aucs if a is not None and a == a), default=None)
+        out.append(H.h3(f"Task {t}"))
+        out.append(H.table(headers, rows, numeric=[False] + [True] * (len(headers) - 1),
+                           highlight=[a is not None and a == best for a in aucs]))
 
     fig, axes = new_figure(ncols=2, width=11.0, height=3.6)
     for ax, (key, label) in zip(axes, (("auc", "AUC"), ("gauc", "GAUC"))):
@@ -155,4 +156,5 @@ def _buckets(ctx: ReportContext, variants: list[str], tasks: list[str], buckets_
     shared_legend(fig, axes[0])
     return ctx.plot(fig, "AUC per frequency bucket",
                     "Test AUC by how often the target item appeared in training (bucket 0: never). Id embeddings "
-                    "of rare items are barely trained; codes shared with popular items help there most.")
+                    "of rare items are barely trained, so that is where codes shared with popular items should "
+                    "help most.")

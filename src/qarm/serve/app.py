@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from qarm.errors import DataError, QarmError
 from qarm.serve.config import ServeConfig
-from qarm.serve.kv import INT64_MAX, INT64_MIN
+from qarm.serve.kv import INT64_MAX, INT64_MIN, CodeStoreError
 from qarm.serve.media import BadInput
 from qarm.serve.schemas import CandidateScores, ItemCodes, ItemCodesBatch, RankResponse, request_models
 from qarm.serve.service import ServeModels, Unavailable, load_serve_config
@@ -175,28 +175,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
+    @app.exception_handler(CodeStoreError)
+    async def on_store_error(request: Request, exc: CodeStoreError) -> JSONResponse:
+        log.error("%s %s: code store failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"code store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's "error parsing the body"
+            cause = exc.__cause__
+            detail = f"request body is not valid JSON: {type(cause).__name__}: {str(cause)[:200]}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        if _is_store_failure(exc):
-            log.error("%s %s: code store failed: %s", request.method, request.url.path, exc)
-            return JSONResponse({"detail": f"code store unavailable: {type(exc).__name__}: {exc}"}, status_code=503)
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
                             status_code=500)
-
-
-def _is_store_failure(exc: Exception) -> bool:
-    """Redis down or SQLite file gone: the store, not the request, is at fault (503, not 500)."""
-    import sqlite3
-
-    try:
-        import redis
-
-        if isinstance(exc, redis.RedisError):
-            return True
-    except ImportError:  # redis is a dependency; this only keeps the check honest without it
-        pass
-    return isinstance(exc, sqlite3.Error)
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, codes_store: str = "",

@@ -182,7 +182,10 @@ class SqliteCodeStore:
         return conn
 
     def get(self, item_id: int) -> Codes | None:
-        row = self._conn().execute("SELECT vq, rq FROM codes WHERE item_id = ?", (item_id,)).fetchone()
+        try:
+            row = self._conn().execute("SELECT vq, rq FROM codes WHERE item_id = ?", (item_id,)).fetchone()
+        except sqlite3.Error as exc:  # file removed or corrupted under the server
+            raise CodeStoreError(f"{self.url}: {exc}") from None
         return None if row is None else (json.loads(row[0]), json.loads(row[1]))
 
     def __len__(self) -> int:
@@ -239,7 +242,12 @@ class RedisCodeStore:
         self._n = int(meta["n_items"])
 
     def get(self, item_id: int) -> Codes | None:
-        raw = self.client_.get(f"{REDIS_PREFIX}{item_id}")
+        import redis
+
+        try:
+            raw = self.client_.get(f"{REDIS_PREFIX}{item_id}")
+        except redis.RedisError as exc:  # Redis down or unreachable: the store's fault, not the request's
+            raise CodeStoreError(f"{self.url}: {exc}") from None
         if raw is None:
             return None
         value = json.loads(raw)
