@@ -203,33 +203,37 @@ def bad_requests(item_id: int) -> list[dict[str, Any]]:
 
 def in_process_floor(run: Path, items_batch: list[dict], history: list[int], candidates: list[int],
                      repeat: int) -> dict[str, float]:
-    """Median seconds of the same encode+assign and rank calls without HTTP (same code path)."""
-    from qarm.rank.predict import load_ranker
+    """Median seconds of the same encode+assign and rank calls without HTTP: the server's own
+    ``ServeModels`` methods, called from a worker thread as the server's thread pool calls them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from qarm.serve.app import create_app
     from qarm.serve.schemas import request_models
     from qarm.serve.service import load_serve_config
 
     app = create_app(run)
     models = app.state.models
-    models.preload()
-    cfg = load_serve_config(run)
-    _, ItemsRequest, _ = request_models(cfg)
+    _, ItemsRequest, _ = request_models(load_serve_config(run))
     body = ItemsRequest(items=items_batch)
-    out = {}
-    t = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        models.encode_items(body.items)
-        t.append(time.perf_counter() - t0)
-    out["encode_assign"] = float(np.median(t))
-    ranker = load_ranker(run, None)
-    t = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        ranker.score(history, candidates, None)
-        t.append(time.perf_counter() - t0)
-    out["rank"] = float(np.median(t))
-    return out
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()  # warm-up
+        t = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+        return float(np.median(t))
+
+    def rank() -> None:
+        with models.lock:
+            models.set_threads()
+            models.ranker(None)[1].score(history, candidates, None)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(models.preload).result()
+        return {"encode_assign": pool.submit(timed, lambda: models.encode_items(body.items)).result(),
+                "rank": pool.submit(timed, rank).result()}
 
 
 # ----------------------------------------------------------------------------- main

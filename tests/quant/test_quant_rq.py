@@ -10,6 +10,7 @@ import pytest
 
 from qarm.quant.checks import EmbeddingError, QuantizeError
 from qarm.quant.metrics import collision_stats, level_usage, rel_recon_errors
+from qarm.quant.parquet import code_parquet_catalogue
 from qarm.quant.rq import RQKMeans
 from qarm.quant.synthetic import clustered_embeddings
 
@@ -99,6 +100,11 @@ def test_save_load_and_parquet_stream(tmp_path, world, fitted):
     pq.write_table(pa.table({"item_id": np.arange(len(world)), "embedding": pa.ListArray.from_arrays(offsets, values)}),
                    path, row_group_size=1000)
     np.testing.assert_array_equal(loaded.transform_parquet(path, batch_rows=777), expected)
+    out = tmp_path / "codes.parquet"
+    assert code_parquet_catalogue(loaded, path, out, batch_rows=1000) == len(world)
+    coded = pq.read_table(out).to_pandas()
+    np.testing.assert_array_equal(np.stack(coded["rq"].to_numpy()), expected)
+    np.testing.assert_array_equal(coded["item_id"].to_numpy(), np.arange(len(world)))
 
 
 def test_clear_errors(world, fitted):

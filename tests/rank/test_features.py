@@ -8,7 +8,13 @@ import pytest
 
 from qarm.errors import DataError
 from qarm.io import read_npy, read_parquet
-from qarm.rank.features import (UNKNOWN, build_events, build_item_tables, match_counts, variant_specs)
+from qarm.rank.features import (
+    UNKNOWN,
+    build_events,
+    build_item_tables,
+    match_counts,
+    variant_specs,
+)
 
 from .conftest import brute_history
 
@@ -24,7 +30,7 @@ def built(ml_run):
 
 
 def test_unseen_and_held_out_items_share_the_oov_id_but_keep_their_codes(built):
-    items, _, codes, t, ev, info = built
+    items, _, _, t, ev, info = built
     ids = t.index["item_id"][2:, 0]
     trained = items["train_count"].to_numpy() > 0
     assert (ids[~trained] == UNKNOWN).all() and (ids[trained] >= 2).all()
@@ -69,7 +75,7 @@ def test_code_match_counts_match_a_loop(built):
 
 
 def test_variants_are_feature_lists(built):
-    *_, t, ev, _ = built
+    *_, t, _, _ = built
     names = {v: [s.name for s in variant_specs(v, t, 100, 50, 20, 16, 8, 4)] for v in
              ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm")}
     assert names["id"] == ["user_id", "item_id", "history"]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qarm.rank.features import ItemTables, FeatureSpec
+from qarm.rank.features import FeatureSpec, ItemTables
 from qarm.rank.model import RankModel, TargetAttention
 
 

@@ -51,7 +51,8 @@ def tower_keys(spec: dict, size: int) -> dict[str, str]:
     """Cache keys: a frozen feature depends on the model, its weights and the input preparation."""
     if spec["joint_model"]:
         base = f"joint={spec['joint_model']}"
-        return {"text": f"{base};len={spec['text_max_length']}", "image": f"{base};size={size}"}
+        return {"text": f"{base};len={spec['text_max_length']}", "image": f"{base};size={size}",
+                "audio": f"audio={spec['audio']}"}
     return {"text": f"text={spec['text_model']};len={spec['text_max_length']}",
             "image": f"image={spec['image_model']};w={spec['image_weights']};size={size}",
             "audio": f"audio={spec['audio']}"}

@@ -86,6 +86,12 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     pairs = read_parquet(pairs_file)
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     align_dir = run.subdir("align")
+    trigger, target, weights, pair_counts = pair_rows(pairs, item_ids, ac.source_weights, str(pairs_file))
+    if ac.max_pairs and len(trigger) > ac.max_pairs:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(trigger), ac.max_pairs, replace=False))
+        trigger, target, weights = trigger[pick], target[pick], weights[pick]
+    if len(trigger) < 2:
+        raise DataError(f"{len(trigger)} usable pairs: contrastive alignment needs at least 2", file=str(pairs_file))
 
     t0 = time.perf_counter()
     spec = tower_spec(ac)
@@ -120,12 +126,6 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(spec, in_dims, live_towers)
 
-    trigger, target, weights, pair_counts = pair_rows(pairs, item_ids, ac.source_weights, str(pairs_file))
-    if ac.max_pairs and len(trigger) > ac.max_pairs:
-        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(trigger), ac.max_pairs, replace=False))
-        trigger, target, weights = trigger[pick], target[pick], weights[pick]
-    if len(trigger) < 2:
-        raise DataError(f"{len(trigger)} usable pairs: contrastive alignment needs at least 2", file=str(pairs_file))
     key = hashlib.sha256(json.dumps({"align": cfg.to_dict()["align"], "seed": cfg.seed,
                                      "pairs": path_sha256(pairs_file),
                                      "items": path_sha256(run / "items.parquet")}, sort_keys=True).encode()).hexdigest()

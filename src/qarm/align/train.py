@@ -157,8 +157,8 @@ class AlignTrainer:
                     self.logit_scale_.copy_(state["logit_scale"])
                 self.loss_history_ = list(state["loss_history"])
                 start = int(state["epoch"])
-        ids = torch.from_numpy(np.asarray(item_ids, dtype=np.int64))
-        w_all = torch.from_numpy(np.asarray(weights, dtype=np.float32))
+        ids = torch.tensor(np.asarray(item_ids, dtype=np.int64))
+        w_all = torch.tensor(np.asarray(weights, dtype=np.float32))
         n_pairs, t0, done = len(trigger), time.perf_counter(), 0
         self.epochs_run_ = 0
         for epoch in range(start, self.epochs):

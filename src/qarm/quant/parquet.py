@@ -49,3 +49,32 @@ def iter_embedding_batches(path: str | Path, column: str = "embedding", batch_ro
             yield batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64), emb
         else:
             yield emb
+
+
+def code_parquet_catalogue(rq, in_path: str | Path, out_path: str | Path, *, column: str = "embedding",
+                           id_column: str = "item_id", vq=None, batch_rows: int = 65536) -> int:
+    """Code a catalogue stored as Parquet (``id_column``, ``column`` list<float>) batch by batch.
+
+    Writes ``out_path`` (item_id, rq list<int32>[, vq list<int32>]) one row group per batch, atomically, so
+    neither the embeddings nor the codes of the whole catalogue are ever in memory. Returns the row count.
+    """
+    from qarm.io import atomic_path
+    from qarm.quant.stage import codes_table
+
+    n = 0
+    writer = None
+    with atomic_path(out_path) as tmp:
+        for ids, emb in iter_embedding_batches(in_path, column, batch_rows, with_ids=id_column):
+            rq_codes = next(rq.transform_batches(iter([emb])))
+            vq_codes = vq.transform(emb, item_ids=ids) if vq is not None else np.empty((len(ids), 0), np.int32)
+            table = codes_table(ids, vq_codes, rq_codes)
+            if vq is None:
+                table = table.drop(["vq"])
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+            n += len(ids)
+        if writer is None:
+            raise EmbeddingError("no rows", file=str(in_path))
+        writer.close()
+    return n

@@ -39,7 +39,7 @@ def build_vq(q: QuantizeConfig, seed: int) -> VQCoder:
 def codes_table(item_ids: np.ndarray, vq: np.ndarray, rq: np.ndarray) -> pa.Table:
     """codes.parquet schema: item_id int64, vq list<int32> [K], rq list<int32> [L]."""
     def lists(a: np.ndarray) -> pa.Array:
-        offsets = np.arange(0, a.size + 1, max(a.shape[1], 1), dtype=np.int32)[:len(a) + 1]
+        offsets = (np.arange(len(a) + 1, dtype=np.int64) * a.shape[1]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(a.ravel().astype(np.int32)))
     return pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64)), "vq": lists(vq), "rq": lists(rq)})
 

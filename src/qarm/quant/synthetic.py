@@ -8,6 +8,7 @@ neighbourhoods do) plus a little isotropic noise. Rows are L2-normalised like th
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 def clustered_embeddings(n: int, dim: int, *, n_clusters: int | None = None, rank: int = 16, spread: float = 4.0,
@@ -27,13 +28,12 @@ def clustered_embeddings(n: int, dim: int, *, n_clusters: int | None = None, ran
     spectrum = (np.arange(1, rank + 1) ** -0.5).astype(np.float32) * spread / np.sqrt(dim)
     emb = np.empty((n, dim), np.float32)
     bounds = np.searchsorted(cluster, np.arange(n_clusters + 1))
-    for c in range(n_clusters):
-        lo, hi = bounds[c], bounds[c + 1]
-        if hi == lo:
-            continue
-        basis = rng.standard_normal((rank, dim)).astype(np.float32) * spectrum[:, None]
-        emb[lo:hi] = centers[c] + rng.standard_normal((hi - lo, rank)).astype(np.float32) @ basis
-        emb[lo:hi] += rng.standard_normal((hi - lo, dim)).astype(np.float32) * np.float32(noise / np.sqrt(dim))
+    with threadpool_limits(1, "blas"):  # thousands of tiny GEMMs: BLAS threads would only contend
+        for c in np.flatnonzero(np.diff(bounds)):
+            lo, hi = bounds[c], bounds[c + 1]
+            basis = rng.standard_normal((rank, dim), dtype=np.float32) * spectrum[:, None]
+            emb[lo:hi] = centers[c] + rng.standard_normal((hi - lo, rank), dtype=np.float32) @ basis
+    emb += rng.standard_normal((n, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
     perm = rng.permutation(n)
     emb, cluster = emb[perm], cluster[perm]
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     from qarm.config import load_config
-    from qarm.runner import STAGE_BY_NAME, RunDir, is_fresh, run_stages
     from qarm.rank.stage import run_train
+    from qarm.runner import STAGE_BY_NAME, RunDir, is_fresh, run_stages
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -34,5 +34,4 @@ class RankConfig:
     eval_batch_size: int = 8192
     lr: float = 0.002
     weight_decay: float = 0.0
-    emb_l2: float = 1e-6            # L2 on the embedding rows a batch touches
     threads: int = 2                # torch intra-op threads

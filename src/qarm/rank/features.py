@@ -58,7 +58,7 @@ def _compact(keys: np.ndarray, trained: np.ndarray) -> tuple[np.ndarray, int]:
     return np.where(hit, pos + 2, UNKNOWN).astype(np.int64), len(used) + 2
 
 
-def _padded(rows: np.ndarray, fill: int | float = PAD) -> np.ndarray:
+def _padded(rows: np.ndarray, fill: float = PAD) -> np.ndarray:
     """Prepend the PAD and UNKNOWN rows to a per-item array."""
     pad = np.full((2,) + rows.shape[1:], fill, dtype=rows.dtype)
     return np.concatenate([pad, rows])
@@ -244,7 +244,7 @@ class EventArrays:
     def __len__(self) -> int:
         return len(self.target)
 
-    def subset(self, mask: np.ndarray) -> "EventArrays":
+    def subset(self, mask: np.ndarray) -> EventArrays:
         return EventArrays(self.user[mask], self.target[mask], self.history[mask], self.sim[mask],
                            {k: v[mask] for k, v in self.counts.items()}, self.labels[mask], self.split[mask],
                            self.user_id[mask])

@@ -9,16 +9,17 @@ of 50 x (1 + K + L) embedding lookups.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 
 from qarm.rank.features import FeatureSpec, ItemTables
 
 
 def mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if last_act or i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -75,7 +76,9 @@ class RankModel(nn.Module):
                  dnn_hidden: list[int], towers: str = "shared", n_experts: int = 4, att_dim: int = 16) -> None:
         super().__init__()
         self.specs = specs
-        by_kind = lambda k: [s for s in specs if s.kind == k]  # noqa: E731
+        def by_kind(kind: str) -> list[FeatureSpec]:
+            return [s for s in specs if s.kind == kind]
+
         self.item_specs, self.dense_specs = by_kind("item"), by_kind("dense")
         self.count_specs, self.seq_specs = by_kind("count"), by_kind("sequence")
         (user_spec,) = by_kind("user")

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,10 +27,24 @@ import torch.distributed as dist
 
 from qarm.config import Config
 from qarm.errors import ConfigError, DataError
-from qarm.io import path_sha256, read_json, read_npy, read_parquet, save_torch, write_json, write_parquet
+from qarm.io import (
+    path_sha256,
+    read_json,
+    read_npy,
+    read_parquet,
+    save_torch,
+    write_json,
+    write_parquet,
+)
 from qarm.rank.config import RankConfig
-from qarm.rank.features import (VARIANTS, EventArrays, ItemTables, build_events, build_item_tables,
-                                variant_specs)
+from qarm.rank.features import (
+    VARIANTS,
+    EventArrays,
+    ItemTables,
+    build_events,
+    build_item_tables,
+    variant_specs,
+)
 from qarm.rank.metrics import auc, auc_by_group, gauc, logloss
 from qarm.rank.model import RankModel
 from qarm.rank.train import TensorData, fit, predict, world

@@ -116,7 +116,7 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += loss.detach().item()
             steps += 1
         seconds = time.perf_counter() - t0
         score = torch.tensor([valid_score(model, valid, cfg.eval_batch_size) if rank == 0 else 0.0],

@@ -97,6 +97,7 @@ def create_app(run_dir: str | Path, codes_store: str | None = None, media_root: 
                                f"the ranker scores catalogue items (POST /items/codes handles new ones)", 404)
         variant, ranker = models.ranker(body.variant)
         with models.lock:
+            models.set_threads()
             scores = ranker.score(list(body.history), list(body.candidates), body.user_id)
         tasks = list(scores)
         columns = [[float(p) for p in scores[t]] for t in tasks]

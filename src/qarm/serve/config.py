@@ -26,5 +26,6 @@ class ServeConfig:
     codes_store: str = ""           # "" = codes.parquet in the run dir; or sqlite:///..., redis://...
     preload: bool = True            # load encoder, codebooks and ranker at startup, not on first request
     rank_variant: str = ""          # ranker variant POST /rank uses by default ("" = the ranker's default)
-    torch_threads: int = 2          # intra-op threads for encode/score
+    torch_threads: int = 1          # intra-op threads per model call; 1 leaves a core to the event loop, and
+                                    # OpenMP threads spin-waiting on a busy machine cost 3x the CPU
     limit_concurrency: int = 256    # open connections + tasks before uvicorn answers 503 (overload guard)

@@ -72,13 +72,18 @@ class ServeModels:
         has_encoder = (self.run_dir / "align").is_dir() and (self.run_dir / "quant").is_dir()
         has_ranker = (self.run_dir / "rank").is_dir()
         if has_encoder or has_ranker:  # a lookup-only run never imports torch: it starts in a second
-            import torch
-
-            torch.set_num_threads(max(1, self.cfg.torch_threads))
+            self.set_threads()
         if has_encoder:
             self.encoder_and_assigner()
         if has_ranker:
             self.ranker(None)
+
+    def set_threads(self) -> None:
+        """Apply ``torch_threads`` in the calling thread (OpenMP settings are per thread)."""
+        import torch
+
+        if torch.get_num_threads() != self.cfg.torch_threads:
+            torch.set_num_threads(max(1, self.cfg.torch_threads))
 
     def encoder_and_assigner(self) -> tuple[Any, Any]:
         with self._load_lock:
@@ -130,6 +135,7 @@ class ServeModels:
         with tempfile.TemporaryDirectory(prefix="qarm-serve-") as tmp:
             frame = self._items_frame(items, Path(tmp))
             with self.lock:
+                self.set_threads()
                 # the codebooks were fitted on the aligned embedding unless quantize.embedding said raw
                 raw = getattr(assigner, "embedding", "emb_aligned.npy") == "emb_raw.npy"
                 emb = np.asarray(encoder.encode_raw(frame) if raw else encoder.encode(frame), dtype=np.float32)
