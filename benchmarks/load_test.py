@@ -309,6 +309,11 @@ def main() -> int:
             max(16, args.requests // 30))
         phase(rank_req, 2)
         results["rank"] = phase(rank_req, max(50, args.requests // 10))
+        # one client: latency without queueing behind other clients' model calls (models run one at a time)
+        one = lambda make, n: asyncio.run(run_phase(url, make, n, 1, args.max_seconds))  # noqa: E731
+        results["items_codes_1c"] = one(
+            lambda i: {"method": "POST", "path": "/items/codes", "json": {"items": batches[i % len(batches)]}}, 8)
+        results["rank_1c"] = one(rank_req, max(20, args.requests // 30))
 
         async def mixed() -> tuple[dict, dict]:
             # lookups while cold-start encodes hold the model lock: the event loop must keep answering
@@ -343,12 +348,19 @@ def main() -> int:
         print(fmt_row(f"POST /items/codes (batch {args.batch})", results["items_codes"], ref,
                       floor["encode_assign"] * 1e3))
         print(fmt_row(f"POST /rank ({args.candidates} candidates)", results["rank"], ref, floor["rank"] * 1e3))
+        print(fmt_row("POST /items/codes, 1 client", results["items_codes_1c"], ref, floor["encode_assign"] * 1e3))
+        print(fmt_row("POST /rank, 1 client", results["rank_1c"], ref, floor["rank"] * 1e3))
         print(fmt_row("GET codes during encodes", results["codes_get_during_encodes"], ref))
         print(fmt_row("bad-input burst", results["bad_burst"], ref))
         print(fmt_row("GET codes during the burst", results["codes_get_during_burst"], ref))
         print(fmt_row("GET codes after the burst", results["codes_get_after_burst"], ref))
         print(f"\nin-process floor (no HTTP, same calls): encode+assign {args.batch} items "
               f"{floor['encode_assign'] * 1e3:.1f} ms, rank {args.candidates} candidates {floor['rank'] * 1e3:.2f} ms")
+        for name in ("items_codes", "rank"):
+            per = 1e3 / results[name]["rps"]
+            key = "encode_assign" if name == "items_codes" else "rank"
+            print(f"{name}: {per:.1f} ms of server time per request at {args.clients} clients "
+                  f"(1 / throughput) = {per / (floor[key] * 1e3):.2f}x the in-process call")
         items_per_s = results["items_codes"]["rps"] * args.batch
         print(f"cold-start throughput: {items_per_s:.0f} new items/s; rank throughput: "
               f"{results['rank']['rps'] * args.candidates:.0f} candidates/s")
@@ -357,6 +369,7 @@ def main() -> int:
         bad_5xx = sum(v for k, v in results["bad_burst"]["statuses"].items() if k >= 500)
         good_fail = sum(sum(v for k, v in results[p]["statuses"].items() if k != 200) + sum(results[p]["errors"].values())
                         for p in ("health", "codes_get", "items_codes", "rank", "codes_get_during_burst",
+                                  "items_codes_1c", "rank_1c",
                                   "codes_get_after_burst", "items_codes_mixed", "codes_get_during_encodes"))
         ok = alive and bad_5xx == 0 and good_fail == 0 and not results["bad_burst"]["errors"]
         print(f"bad inputs answered 5xx: {bad_5xx}; good requests failed: {good_fail} -> {'PASS' if ok else 'FAIL'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from rank_helpers import brute_history
 
 from qarm.errors import DataError
 from qarm.io import read_npy, read_parquet
@@ -15,8 +16,6 @@ from qarm.rank.features import (
     match_counts,
     variant_specs,
 )
-
-from .conftest import brute_history
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,7 @@ def test_variants_are_feature_lists(built):
 def test_bad_labels_nan_embeddings_and_empty_histories(built):
     items, events, codes, t, ev, info = built
     bad = events.copy()
-    bad.loc[bad.index[123], "like"] = 2
+    bad.loc[123, "like"] = 2  # a train event: rows are checked before any is set aside
     with pytest.raises(DataError, match=r"events.parquet.*row 123.*'like'.*0 or 1"):
         build_events(t, bad, ["click", "like"], "click", 50, 20)
     with pytest.raises(DataError, match="not in events"):

@@ -14,20 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from rank_helpers import tiny_overrides
 
 from qarm.config import load_config
 from qarm.rank.predict import load_ranker
 from qarm.rank.stage import run_train
-from qarm.runner import RunDir
-
-from .conftest import UPSTREAM, tiny_overrides
+from qarm.runner import RunDir, run_stages
 
 CONFIG = Path(__file__).parents[1] / "configs" / "ml100k-fast.yaml"
 VARIANTS = ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm"]
 
 
-def test_train_stage_writes_the_variant_table_and_a_servable_ranker(pipeline_run):
-    run_dir = pipeline_run("ml100k-fast", UPSTREAM + ["train"])
+def test_train_stage_writes_the_variant_table_and_a_servable_ranker(ml_run, ml100k_path):
+    run_dir = ml_run  # the shared session run: the end-to-end test then finds 'train' up to date
+    run_stages(load_config(CONFIG, [f"data.path={ml100k_path}"]), run_dir, stages=["train"])
     rank = json.loads((run_dir / "metrics.json").read_text())["rank"]
     assert set(rank["variants"]) == set(VARIANTS)
     for v in VARIANTS:

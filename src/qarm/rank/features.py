@@ -251,7 +251,8 @@ class EventArrays:
 
 
 def check_labels(events: pd.DataFrame, tasks: list[str], history_label: str) -> None:
-    """Every task column (and the history label) exists and holds only 0/1, else DataError."""
+    """Every task column (and the history label) exists and holds only 0/1, else DataError
+    naming the row (``events``' index: the row of events.parquet) and the column."""
     for col in dict.fromkeys([*tasks, history_label]):
         if col not in events.columns:
             raise DataError(f"label column {col!r} (rank.tasks / rank.history_label) not in events; columns: "
@@ -260,8 +261,10 @@ def check_labels(events: pd.DataFrame, tasks: list[str], history_label: str) -> 
         bad = ~np.isin(v, (0.0, 1.0))
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
+            value = events[col].iloc[r]
             raise DataError(f"labels must be 0 or 1; {int(bad.sum())} row(s) are not, first value "
-                            f"{events[col].iloc[r]!r}", file="events.parquet", row=r, column=col)
+                            f"{value.item() if hasattr(value, 'item') else value!r}",
+                            file="events.parquet", row=int(events.index[r]), column=col)
 
 
 def build_events(t: ItemTables, events: pd.DataFrame, tasks: list[str], history_label: str,

@@ -254,7 +254,7 @@ def _pair_similarity(ctx: ReportContext, max_pairs: int = 20000) -> str:
     fig, axes = new_figure(ncols=2, width=9.5, height=3.0)
     gaps = []
     for ax, path, title in ((axes[0], raw_p, "raw"), (axes[1], al_p, "aligned")):
-        emb = read_npy(path)
+        emb = read_npy(path, mmap=True)  # only the sampled rows are read
         pos = np.einsum("ij,ij->i", emb[a], emb[b])
         neg = np.einsum("ij,ij->i", emb[ra], emb[rb])
         bins = np.linspace(min(pos.min(), neg.min()), max(pos.max(), neg.max()), 50)

@@ -49,7 +49,7 @@ def create_app(run_dir: str | Path, codes_store: str | None = None, media_root: 
     if media_root is not None:
         cfg.media_root = str(media_root)
     models = ServeModels(run_dir, cfg)
-    NewItem, ItemsRequest, RankRequest = request_models(cfg)
+    _, ItemsRequest, RankRequest = request_models(cfg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,9 +66,7 @@ def create_app(run_dir: str | Path, codes_store: str | None = None, media_root: 
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "run": str(models.run_dir), "codes_store": models.store.url,
-                "n_codes": len(models.store), "encoder": models._encoder is not None,
-                "rankers": sorted(k or "default" for k in models._rankers)}
+        return {"status": "ok", "run": str(models.run_dir), **models.status()}
 
     @app.get("/items/{item_id}/codes", response_model=ItemCodes)
     async def item_codes(item_id: int = PathParam(ge=INT64_MIN, le=INT64_MAX)) -> ItemCodes:

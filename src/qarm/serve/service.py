@@ -212,5 +212,10 @@ class ServeModels:
         except (AttributeError, KeyError, IndexError, TypeError, ValueError):
             return None
 
+    def status(self) -> dict[str, Any]:
+        """What is loaded: for /health."""
+        return {"codes_store": self.store.url, "n_codes": len(self.store), "encoder": self._encoder is not None,
+                "rankers": sorted(k or "default" for k in self._rankers), "variants": self.variants_}
+
     def close(self) -> None:
         self.store.close()
