@@ -87,7 +87,7 @@ def tower_rates(text, image, store, n_single: int, batch: int, audio_seconds: fl
     rows, single = np.arange(n), np.arange(min(n, n_single))
     for name, fn in (("text", text_run), ("image", image_run), ("audio", audio_run)):
         fn(rows[:2], 2)  # warm-up: first-call allocations
-        out[name] = (rate(n, lambda: fn(rows, batch)), rate(len(single), lambda: fn(single, 1)))
+        out[name] = (rate(n, lambda fn=fn: fn(rows, batch)), rate(len(single), lambda fn=fn: fn(single, 1)))
     return out
 
 

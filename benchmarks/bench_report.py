@@ -5,9 +5,11 @@ embeddings, codes and every stage's figures), then times in the same process:
 
 - reference: reading every artifact the report reads with pyarrow / numpy (items, the events
   columns it needs, pairs, codes, both embedding matrices) and nothing else: the I/O floor;
-- qarm: ``qarm.report.stage.build_report`` (all sections, every plot rendered to PNG), per section.
+- qarm: every report section (``qarm.report.stage.SECTIONS``, every plot rendered to PNG), per section;
+- reference 2: the matplotlib floor, as many simple two-panel bar charts rendered to PNG as the
+  report drew: what any matplotlib report with that many plots costs.
 
-Prints seconds per section, the total, and the ratio report / reference.
+Prints wall and CPU seconds per section, the totals, and the ratios report / reference.
 
     python benchmarks/bench_report.py                        # 60k items, 10M events (~2 minutes)
     python benchmarks/bench_report.py --items 1682 --events 100000 --pairs 20000   # ml-100k size
@@ -28,6 +30,7 @@ from qarm.config import load_config
 from qarm.data.split import freq_buckets
 from qarm.io import write_json, write_npy, write_parquet
 from qarm.report.context import ReportContext
+from qarm.report.plots import figure_html, new_figure
 from qarm.report.stage import SECTIONS
 from qarm.runner import RunDir
 
@@ -121,14 +124,25 @@ def main() -> None:
         cfg = load_config(None, [f"report.projection_max_items={args.projection_max_items}"])
         ctx = ReportContext.load(cfg, RunDir(run))
         total = total_cpu = 0.0
+        n_plots = 0
         for anchor, _, draw in SECTIONS:
             t0, c0 = time.perf_counter(), time.process_time()
-            draw(ctx)
+            n_plots += draw(ctx).count("<img ")
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             total, total_cpu = total + dt, total_cpu + dc
             print(f"  section {anchor:<10} {dt:6.2f}s wall {dc:6.2f}s CPU")
-        print(f"report: {total:.2f}s wall, {total_cpu:.2f}s CPU for all sections; ratio report / reference read = "
-              f"{total / ref:.1f}x wall, {total_cpu / max(ref_cpu, 1e-9):.1f}x CPU")
+        print(f"report: {total:.2f}s wall, {total_cpu:.2f}s CPU for all sections ({n_plots} plots); "
+              f"ratio report / reference read = {total / ref:.1f}x wall, {total_cpu / max(ref_cpu, 1e-9):.1f}x CPU")
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n_plots):
+            fig, axes = new_figure(ncols=2, width=9.5, height=3.2)
+            for ax in axes:
+                ax.bar(np.arange(10), np.arange(10))
+            figure_html(fig, "floor")
+        floor, floor_cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"reference 2 (matplotlib floor: {n_plots} two-panel bar charts rendered to PNG): {floor:.2f}s wall, "
+              f"{floor_cpu:.2f}s CPU; ratio report / floor = {total / floor:.2f}x wall, "
+              f"{total_cpu / max(floor_cpu, 1e-9):.2f}x CPU")
 
 
 if __name__ == "__main__":

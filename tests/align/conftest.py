@@ -3,11 +3,9 @@ configs (never downloaded), and copies of a run's inputs for runs with other ali
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-
 from align_helpers import copy_inputs, make_tiny_bert, make_tiny_clip
 
 

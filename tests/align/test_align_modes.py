@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from align_helpers import TEST_CONFIGS
 
 from qarm.align.encoder import load_item_encoder, load_towers
 from qarm.align.stage import run_align
 from qarm.config import load_config
 from qarm.io import read_parquet
 from qarm.runner import RunDir
-
-from align_helpers import TEST_CONFIGS
 
 TINY = ["align.max_pairs=96", "align.batch_size=32", "align.epochs=1", "align.image_size=32", "align.hidden=32",
         "align.dim=16", "align.lr=0.01", "align.tower_lr=0.01"]

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import torch
-
 from align_helpers import TEST_CONFIGS, copy_inputs
 
 # small and fast: 384 pairs in batches of 64, tiny per-epoch work; dropout off so ranks match exactly

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from align_helpers import TEST_CONFIGS
 
 from qarm.align.encoder import load_item_encoder
 from qarm.align.stage import run_align
@@ -14,8 +15,6 @@ from qarm.config import load_config
 from qarm.errors import ConfigError, DataError, StageInputError
 from qarm.io import read_parquet, write_parquet
 from qarm.runner import RunDir
-
-from align_helpers import TEST_CONFIGS
 
 KEYS = ("raw.recall@10", "raw.recall@50", "aligned.recall@10", "aligned.recall@50", "mode", "dim", "epochs",
         "missing_text", "missing_image", "corrupt_image", "missing_audio", "corrupt_audio", "n_valid_pairs")

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qarm.align.evaluate import recall_at_k
 from qarm.align.inputs import ItemStore, raw_embedding
 from qarm.align.model import AlignModel, Fusion
 from qarm.align.train import AlignTrainer, contrastive_loss, embed_rows
-from qarm.align.evaluate import recall_at_k
 
 
 def reference_loss(q, k, q_ids, k_ids, w, scale):

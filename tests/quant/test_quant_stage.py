@@ -9,7 +9,7 @@ import pytest
 
 from qarm.cli import main as cli_main
 from qarm.io import read_json, read_npy, read_parquet
-from qarm.quant.assign import CodeAssigner, assign_items
+from qarm.quant.assign import CodeAssigner
 from qarm.quant.checks import EmbeddingError
 from qarm.quant.metrics import collision_stats
 from qarm.quant.rq import RQKMeans
@@ -89,7 +89,6 @@ def test_assign_cli_reproduces_catalogue_codes(run_dir, tmp_path):
     # the encoder recomputes the content embedding: the same item gets the same codes
     assert (_stack(got["rq"]) == _stack(ref["rq"])).all(1).mean() >= 0.9
     assert (_stack(got["vq"])[:, :5] == _stack(ref["vq"])[:, :5]).mean() >= 0.9
-    assert assign_items(run_dir, src, tmp_path / "again.parquet")["n_items"] == 12
 
 
 def test_assign_errors(run_dir, tmp_path):

@@ -14,23 +14,16 @@ UPSTREAM = ["prepare", "pairs", "align", "quantize"]
 @pytest.fixture(scope="session")
 def ml_run(pipeline_run) -> Path:
     """Real ml-100k (tests/configs/ml100k-fast.yaml) with prepare..quantize done."""
-    import os  # DEVHACK
-    import shutil
-    if os.environ.get("RK_DEV"):  # DEVHACK
-        d = Path(os.environ["RK_DEV_OUT"]); shutil.rmtree(d, ignore_errors=True); d.mkdir(parents=True)  # DEVHACK
-        for n in ("items.parquet", "events.parquet", "codes.parquet", "emb_raw.npy", "emb_aligned.npy"):  # DEVHACK
-            shutil.copy(Path(os.environ["RK_DEV"]) / n, d / n)  # DEVHACK
-        return d  # DEVHACK
     return pipeline_run("ml100k-fast", UPSTREAM)
 
 
 @pytest.fixture()
 def tiny_run(ml_run, tmp_path) -> Path:
-    """The real run's items, codes and embeddings with the events of one user in ten."""
+    """The real run's items, codes and embeddings with the events of one user in twenty."""
     out = tmp_path / "tiny"
     out.mkdir()
     for name in ("items.parquet", "codes.parquet", "emb_raw.npy", "emb_aligned.npy"):
         (out / name).write_bytes((ml_run / name).read_bytes())
     events = read_parquet(ml_run / "events.parquet")
-    write_parquet(out / "events.parquet", events[events["user_id"].to_numpy() % 10 == 0].reset_index(drop=True))
+    write_parquet(out / "events.parquet", events[events["user_id"].to_numpy() % 20 == 0].reset_index(drop=True))
     return out

@@ -67,18 +67,18 @@ def test_resume_after_sigkill_ends_with_identical_metrics(tiny_run, tmp_path):
     ref_dir.mkdir()
     for f in tiny_run.iterdir():
         (ref_dir / f.name).write_bytes(f.read_bytes())
-    cfg = load_config(CONFIG, tiny_overrides("rq", 3))
+    cfg = load_config(CONFIG, tiny_overrides("rq", 2))
     reference = run_train(cfg, RunDir(ref_dir))
 
     ckpt = tiny_run / "rank" / "rq" / "seed0" / "ckpt.pt"
-    proc = subprocess.Popen(_cmd(tiny_run, "rq", 3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(tiny_run, "rq", 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # after the first epoch's checkpoint, mid second epoch
+    os.kill(proc.pid, signal.SIGKILL)  # after the first epoch's checkpoint, during the second
     proc.wait()
     assert ckpt.exists() and not (tiny_run / "rank" / "rq" / "seed0" / "result.json").exists()
-    done = subprocess.run(_cmd(tiny_run, "rq", 3), check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_cmd(tiny_run, "rq", 2), check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tiny_run / "rank" / "rq" / "seed0" / "result.json").read_text())
     assert result["resumed_from_epoch"] >= 1

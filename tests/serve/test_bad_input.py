@@ -151,3 +151,22 @@ def test_client_timeouts_do_not_wedge_the_server(server):
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{server.url}/items/codes", json=body, timeout=0.01)
     assert server.client.post("/items/codes", json={"items": [{"title": "after"}]}).status_code == 200
+
+
+def test_long_audio_is_cut_to_what_the_tower_reads():
+    long = _wav(8000 * 10)
+    cut = check_audio(long, "f", keep_seconds=1.0)
+    with wave.open(io.BytesIO(cut)) as w:
+        assert w.getnframes() == 8000 * 2 and w.getframerate() == 8000 and w.getsampwidth() == 2
+    assert check_audio(long, "f", keep_seconds=None) is long
+    short = _wav(4000)
+    assert check_audio(short, "f", keep_seconds=1.0) is short
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(8000)
+        w.writeframes(b"\0" * 300)
+    with pytest.raises(BadInput, match="3-byte samples") as err:
+        check_audio(buf.getvalue(), "f")
+    assert err.value.status == 415

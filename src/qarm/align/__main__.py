@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
+    from qarm.align.stage import run_align
     from qarm.config import load_config
     from qarm.runner import STAGE_BY_NAME, RunDir, is_fresh, run_stages
-    from qarm.align.stage import run_align
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:

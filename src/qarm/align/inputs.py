@@ -224,13 +224,13 @@ def build_store(content: ItemContent, towers: dict, modalities: list[str], live:
         path = cache_dir / f"{key}.npz" if cache_dir is not None else None
         if m == "audio":
             sr, seconds, n_mels = audio_cfg
-            arr = cached(path, lambda: dict(zip(("logmel", "ok"), decode_audio(content.audios, sr, seconds, n_mels,
-                                                                               progress))))
+            arr = cached(path, lambda: dict(zip(("logmel", "ok"),
+                                                decode_audio(content.audios, sr, seconds, n_mels, progress))))
             store.logmel = arr["logmel"]
             store.feats[m] = logmel_stats(store.logmel)
         else:
-            arr = cached(path, lambda: dict(zip(("feat", "ok"), tower_features(towers[m], content, m, image_size,
-                                                                               batch_size, progress))))
+            arr = cached(path, lambda m=m: dict(zip(("feat", "ok"), tower_features(towers[m], content, m, image_size,
+                                                                                   batch_size, progress))))
             store.feats[m] = arr["feat"]
         present[:, j] = arr["ok"]
     for m in ("image", "audio"):

@@ -71,7 +71,7 @@ class AlignModel(nn.Module):
         dims = {m: (audio_dim if m == "audio" else d) for m, d in in_dims.items()}
         self.fusion = Fusion(dims, hidden, dim, kind, modality_dropout, dropout)
 
-    def train(self, mode: bool = True) -> "AlignModel":
+    def train(self, mode: bool = True) -> AlignModel:
         super().train(mode)
         for tower in self.towers.values():  # pretrained towers stay in eval mode (fixed BN, no dropout)
             tower.eval()

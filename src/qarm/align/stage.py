@@ -23,7 +23,13 @@ import torch
 import torch.distributed as dist
 
 from qarm.align.config import AlignConfig
-from qarm.align.encoder import ItemEncoder, build_model, load_towers, tower_keys, tower_spec
+from qarm.align.encoder import (
+    ItemEncoder,
+    build_model,
+    load_towers,
+    tower_keys,
+    tower_spec,
+)
 from qarm.align.evaluate import business_agreement, recall_at_k, valid_pairs
 from qarm.align.inputs import build_store, read_content
 from qarm.align.train import AlignTrainer, configure_towers, dist_info, embed_rows

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qarm.errors import QarmError
 from qarm.align.weights import effnet_lite0_weights, minilm_dir
+from qarm.errors import QarmError
 
 BUILTIN_TEXT = {"all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 EFFNET_NAMES = [f"efficientnet-b{i}" for i in range(9)] + [f"efficientnet-lite{i}" for i in range(5)]

@@ -72,7 +72,9 @@ def configure_towers(towers: dict[str, nn.Module], mode: str, unfreeze_blocks: i
 def apply_lora(tower: nn.Module, r: int, alpha: int, targets: list[str]):
     """Inject LoRA adapters into the text tower's HF model (in place); returns the peft model."""
     from peft import LoraConfig, get_peft_model
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS,
+    )
 
     joint = hasattr(tower, "joint")
     base = tower.joint if joint else tower.hf
@@ -128,7 +130,7 @@ class AlignTrainer:
 
     def fit(self, model: AlignModel, store: ItemStore, trigger: np.ndarray, target: np.ndarray,
             weights: np.ndarray, item_ids: np.ndarray, checkpoint: Path | None = None,
-            checkpoint_key: str = "") -> "AlignTrainer":
+            checkpoint_key: str = "") -> AlignTrainer:
         """trigger, target: int64 [P] item rows of ``store``; weights: float32 [P]; item_ids: int64 [n]
         (false-negative masking compares ids). Resumes from ``checkpoint`` when its key matches."""
         rank, world = dist_info()

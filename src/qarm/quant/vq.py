@@ -15,6 +15,8 @@ import numpy as np
 from qarm.io import read_json, read_npy, write_bytes, write_json, write_npy
 from qarm.quant.checks import QuantizeError, check_embeddings
 
+RESCORE_MARGIN = 8  # extra candidates fetched so that near-ties at the k-th place are ranked exactly
+
 
 class VQCoder:
     """Top-K nearest pool items as a code (scikit-learn style).
@@ -85,12 +87,31 @@ class VQCoder:
             pos = np.minimum(np.searchsorted(self.pool_ids_, ids), len(self.pool_ids_) - 1)
             hit = self.pool_ids_[pos] == ids
             self_pos[hit] = pos[hit]
-        extra = 1 if (self_pos >= 0).any() else 0
+        # search a few more than needed, then rescore the candidates row by row in float64 and sort by
+        # (score, pool position): faiss's batched float32 kernels may order near-ties differently for
+        # different batches, and the same item must always get the same code
+        fetch = min(self.k + 1 + RESCORE_MARGIN, len(self.pool_ids_))
         out = np.empty((len(emb), self.k), np.int32)
         for s in range(0, len(emb), batch):
-            _, nn = self.index_.search(emb[s:s + batch], self.k + extra)
-            out[s:s + batch] = _drop_self(nn, self_pos[s:s + batch], self.k)
+            q = emb[s:s + batch]
+            _, nn = self.index_.search(q, fetch)
+            out[s:s + batch] = self._rescore(q, nn, self_pos[s:s + batch])
         return out
+
+    def _rescore(self, q: np.ndarray, nn: np.ndarray, self_pos: np.ndarray) -> np.ndarray:
+        """Top k of candidates nn int64 [b, m] (-1 = none) by exact float64 score, self and missing dropped."""
+        valid = (nn >= 0) & (nn != self_pos[:, None])
+        cand = np.where(valid, nn, 0)
+        vec = self.pool_emb_[cand].astype(np.float64)                      # [b, m, d]
+        qd = q.astype(np.float64)[:, None, :]
+        score = -np.einsum("bmd,bmd->bm", vec, qd) if self.metric == "cosine" else \
+            np.einsum("bmd,bmd->bm", vec - qd, vec - qd)                   # lower is nearer
+        score[~valid] = np.inf
+        order = np.lexsort((cand, score), axis=-1)[:, :self.k]
+        if (~np.take_along_axis(valid, order, 1)).any():
+            raise QuantizeError("the approximate index returned fewer than k neighbours: raise vq_ef_search or "
+                                "vq_nprobe, or use vq_index=flat")
+        return np.take_along_axis(cand, order, 1).astype(np.int32)
 
     def neighbor_overlap(self, codes: np.ndarray, item_ids: np.ndarray, sample: int = 100_000) -> float:
         """Mean share of codes an item shares with its nearest pool item's codes (both coded in ``codes``).
@@ -177,22 +198,3 @@ class VQCoder:
         return {"k": self.k, "pool": self.pool, "pool_size": self.pool_size, "metric": self.metric,
                 "index": self.index, "exclude_self": self.exclude_self, "hnsw_m": self.hnsw_m,
                 "ef_search": self.ef_search, "ivf_nlist": self.ivf_nlist, "nprobe": self.nprobe, "seed": self.seed}
-
-
-def _drop_self(nn: np.ndarray, self_pos: np.ndarray, k: int) -> np.ndarray:
-    """First k results of each row of nn int64 [b, k(+1)], without the row's own pool position.
-
-    When the search did not return the item itself (approximate index, or exact duplicates ranked
-    ahead), the last of the k + 1 results is dropped instead.
-    """
-    if nn.shape[1] == k:
-        return nn.astype(np.int32)
-    is_self = (nn == self_pos[:, None]) & (self_pos[:, None] >= 0)
-    drop = np.where(is_self.any(1), is_self.argmax(1), nn.shape[1] - 1)
-    keep = np.ones_like(nn, dtype=bool)
-    keep[np.arange(len(nn)), drop] = False
-    out = nn[keep].reshape(len(nn), k)
-    if (out < 0).any():
-        raise QuantizeError("the approximate index returned fewer than k neighbours: raise vq_ef_search or "
-                            "vq_nprobe, or use vq_index=flat")
-    return out.astype(np.int32)

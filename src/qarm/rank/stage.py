@@ -187,15 +187,18 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
 
 def tables_state(t: ItemTables) -> dict[str, Any]:
     """What ``Ranker`` needs of the item tables, as tensors (loadable with weights_only)."""
-    state: dict[str, Any] = {"item_ids": torch.from_numpy(t.item_ids),
-                             "index": {k: torch.from_numpy(v) for k, v in t.index.items()},
-                             "dense": {k: torch.from_numpy(v) for k, v in t.dense.items()},
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(a))  # a copy: arrays from pandas may be read-only
+
+    state: dict[str, Any] = {"item_ids": tensor(t.item_ids),
+                             "index": {k: tensor(v) for k, v in t.index.items()},
+                             "dense": {k: tensor(v) for k, v in t.dense.items()},
                              "vocab": dict(t.vocab)}
     if t.prefix is not None:
-        state["prefix"] = torch.from_numpy(t.prefix)
+        state["prefix"] = tensor(t.prefix)
         vq = t.vq.tocsr()
-        state["vq"] = {"indptr": torch.from_numpy(vq.indptr.astype(np.int64)),
-                       "indices": torch.from_numpy(vq.indices.astype(np.int64)), "shape": list(vq.shape)}
+        state["vq"] = {"indptr": tensor(vq.indptr.astype(np.int64)),
+                       "indices": tensor(vq.indices.astype(np.int64)), "shape": list(vq.shape)}
     return state
 
 
