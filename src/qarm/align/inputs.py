@@ -223,9 +223,7 @@ def build_store(content: ItemContent, towers: dict, modalities: list[str], live:
         key = f"{m}-{hashlib.sha256(((tower_keys or {}).get(m, '') + content.digest(m)).encode()).hexdigest()[:16]}"
         path = cache_dir / f"{key}.npz" if cache_dir is not None else None
         if m == "audio":
-            sr, seconds, n_mels = audio_cfg
-            arr = cached(path, lambda: dict(zip(("logmel", "ok"),
-                                                decode_audio(content.audios, sr, seconds, n_mels, progress))))
+            arr = cached(path, lambda: dict(zip(("logmel", "ok"), decode_audio(content.audios, *audio_cfg, progress))))
             store.logmel = arr["logmel"]
             store.feats[m] = logmel_stats(store.logmel)
         else:
