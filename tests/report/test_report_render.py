@@ -193,3 +193,19 @@ def test_metrics_doc_names_every_key_real_runs_write(pipeline_run):
         assert undocumented(metrics, doc, ["click", "like"]) == [], config
     # and the check bites: an undocumented key is found
     assert undocumented({"pairs": {"n_u2i": 1, "made_up": 2}}, doc, []) == ["pairs: made_up"]
+
+
+def test_projection_colours_by_first_genre_without_ground_truth(fake_run):
+    """MovieLens has no ground truth: the projection falls back to the first genre of items.parquet category."""
+    from qarm.io import read_parquet
+    from qarm.report.behaviour import _item_colours
+    from qarm.report.context import ReportContext
+
+    cfg, run = fake_run(stages=["prepare", "align"])
+    (run / "data" / "ground_truth.parquet").unlink()
+    labels, what = _item_colours(ReportContext.load(cfg, RunDir(run)), np.array([3, 6, 9], dtype=np.int64))
+    assert what == "category (first genre)"
+    cats = read_parquet(run / "items.parquet").set_index("item_id").loc[[3, 6, 9], "category"]
+    assert list(labels) == [c.split(",")[0] for c in cats]
+    page, failed = build_report(cfg, RunDir(run))
+    assert not failed and "coloured by category (first genre)" in page

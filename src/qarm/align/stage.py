@@ -161,6 +161,7 @@ def run_align(cfg: Config, run: RunDir) -> dict:
                      "temperature": trainer.temperature_, "feature_s": round(feature_s, 2),
                      "train_s": round(train_s, 2), "train_pairs_per_s": round(trainer.pairs_per_s_, 1),
                      "world_size": world}
+    metrics.update({"corrupt_image": 0, "corrupt_audio": 0})  # reported even when a modality is off
     metrics.update({k: int(v) for k, v in store.counts.items()})
     metrics["missing_text"] = metrics.pop("empty_text", 0)
     metrics.update(evaluate(cfg, run, items, events, raw, aligned, ac.eval_ks))
