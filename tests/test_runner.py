@@ -31,6 +31,8 @@ def test_atomic_writers_roundtrip(tmp_path):
     assert read_parquet(tmp_path / "t.parquet").equals(df)
     assert np.load(tmp_path / "m.npy").dtype == np.float32
     assert json.loads((tmp_path / "j.json").read_text()) == {"k": 0.5, "n": 3}
+    write_json(tmp_path / "nan.json", {"auc": float("nan"), "per_level": [np.float32(1.5), np.inf]})
+    assert json.loads((tmp_path / "nan.json").read_text()) == {"auc": None, "per_level": [1.5, None]}
     assert not list(tmp_path.glob(".*.tmp")), "temp files must be renamed away"
 
 

@@ -210,6 +210,12 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(ok.mean()), "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0}
 
 
+def _nan_safe_mean(values: list[float]) -> float | None:
+    """Mean over the seeds where a bucket's AUC is defined; None (JSON null) when it never is."""
+    ok = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(ok)) if ok else None
+
+
 def summarize(results: dict[str, list[dict[str, Any]]], tasks: list[str]) -> dict[str, Any]:
     """Per-variant mean/std over seeds, bucket AUC means, throughput."""
     variants: dict[str, Any] = {}
@@ -218,7 +224,7 @@ def summarize(results: dict[str, list[dict[str, Any]]], tasks: list[str]) -> dic
         keys = list(runs[0]["tasks"][tasks[0]])
         variants[v] = {t: {k: _mean_std([r["tasks"][t][k] for r in runs]) for k in keys} for t in tasks}
         variants[v]["best_epoch"] = _mean_std([r["best_epoch"] for r in runs])
-        buckets[v] = {t: {b: float(np.nanmean([r["buckets"][t].get(b, np.nan) for r in runs]))
+        buckets[v] = {t: {b: _nan_safe_mean([r["buckets"][t].get(b, np.nan) for r in runs])
                           for b in sorted({b for r in runs for b in r["buckets"][t]})} for t in tasks}
     all_runs = [r for runs in results.values() for r in runs]
     train_s = sum(r["train_seconds"] for r in all_runs)
