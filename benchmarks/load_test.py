@@ -42,6 +42,7 @@ import httpx
 import numpy as np
 
 from qarm.io import read_parquet
+from qarm.serve.probe import send_raw_garbage
 
 
 # ----------------------------------------------------------------------------- server process
@@ -132,20 +133,9 @@ async def run_phase(url: str, make: Callable[[int], dict[str, Any]], n_requests:
 
 
 def raw_garbage(url: str) -> int:
-    """Non-HTTP bytes, a body cut short, a negative length: each on its own socket. Returns the count."""
+    """Raw-socket garbage (``qarm.serve.probe``) against the server at ``url``. Returns the count."""
     parts = urlsplit(url)
-    payloads = [b"\x16\x03\x01\x02\x00not-http\r\n\r\n",
-                b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-                b"GET /items/1/codes HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"]
-    for p in payloads:
-        with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
-            s.sendall(p)
-            s.shutdown(socket.SHUT_WR)
-            try:
-                s.recv(4096)
-            except OSError:
-                pass
-    return len(payloads)
+    return send_raw_garbage(parts.hostname, parts.port)
 
 
 # ----------------------------------------------------------------------------- request bodies

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import struct
 import wave
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from qarm.serve.probe import send_raw_garbage
 from qarm.serve.media import BadInput, check_audio, resolve_inside
 
 
@@ -104,16 +104,7 @@ def test_bad_input_answers_4xx_with_reason(server, served_run, name, method, pat
 
 def test_server_survives_garbage_and_keeps_answering(server, served_run):
     # raw junk on the socket, a request cut off mid-body, and a client that vanishes
-    for payload in (b"\x16\x03\x01\x02\x00garbage-not-http\r\n\r\n",
-                    b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-                    b"GET /items/1/codes HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            try:
-                s.recv(4096)
-            except OSError:
-                pass
+    assert send_raw_garbage("127.0.0.1", server.port) == 3
     assert server.alive()
     assert server.client.get(f"/items/{_first_item(served_run)}/codes").status_code == 200
     assert "Traceback" not in server.log_tail(100_000)
