@@ -1,0 +1,44 @@
+"""The shared id -> row lookup and device / process-group helpers."""
+
+import numpy as np
+import pytest
+import torch
+
+from qarm.distributed import backend_for, check_device, resolve_device, shard, world
+from qarm.errors import ConfigError, DataError
+from qarm.lookup import IdIndex
+
+
+def test_id_index_rows_missing_and_offset():
+    idx = IdIndex(np.array([30, 10, 20]))
+    assert idx.ids.tolist() == [10, 20, 30]
+    assert idx.rows(np.array([20, 99, 10]), missing=-1).tolist() == [1, -1, 0]
+    assert idx.rows(np.array([[30], [5]]), missing=1, offset=2).tolist() == [[4], [1]]
+    assert idx.contains(np.array([10, 11])).tolist() == [True, False]
+    with pytest.raises(DataError, match="not in the catalogue, first 99"):
+        idx.rows(np.array([10, 99]))
+
+
+def test_id_index_rejects_duplicates_and_handles_empty():
+    with pytest.raises(DataError, match="duplicate item_id"):
+        IdIndex(np.array([1, 2, 2]))
+    empty = IdIndex(np.array([], np.int64))
+    assert empty.rows(np.array([3, 4]), missing=7).tolist() == [7, 7]
+
+
+def test_device_selection_and_backend():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda", where="rank.device")
+    for bad in ("gpu", "cuda:x", "", "CPU"):
+        with pytest.raises(ConfigError, match="is not one of auto, cpu, cuda, cuda:N"):
+            check_device(bad)
+    assert backend_for(torch.device("cuda", 0)) == "nccl"
+    assert backend_for(torch.device("cpu")) == "gloo"
+
+
+def test_world_and_shard_outside_torchrun():
+    assert world() == (0, 1)
+    assert shard(10) == slice(0, 10)
