@@ -9,7 +9,10 @@ Zipf item popularity inside item clusters that users prefer) is mined with
   with sparse products) against ``Swing`` on the same capped edges of a smaller log: both timed,
   scores compared, ratio printed;
 * ``mine_triggers`` on the full log (random unit item embeddings), and against the per-event
-  loop ``mine_triggers_reference`` on the smaller log, ratio printed.
+  loop ``mine_triggers_reference`` on the smaller log, ratio printed;
+* the U2I histories: bytes of the CSR ``Histories`` against the dense int64 [n, window] matrix
+  the stage built before, and the peak memory of blocked recall evaluation (``recall_hits``)
+  against the users x items score matrix it replaces.
 
 Peak memory is tracemalloc's peak of traced allocations (numpy and scipy buffers) in each call;
 the process's max RSS is printed at the end. Run: ``python benchmarks/bench_pairs.py`` (about
@@ -25,8 +28,10 @@ import tracemalloc
 
 import numpy as np
 
+from qarm.pairs.history import Histories
 from qarm.pairs.swing import Swing, cap_interactions, swing_reference
 from qarm.pairs.triggers import mine_triggers, mine_triggers_reference
+from qarm.pairs.twotower import recall_hits
 
 
 def synthetic_log(n_events: int, n_users: int, n_items: int, n_clusters: int = 200, in_cluster: float = 0.7,
@@ -125,6 +130,18 @@ def main() -> None:
     print(f"{len(small[0]):,} events: batched {fast_wall:.2f} s; per-event loop on {len(sample):,} of them "
           f"{ref_wall:.2f} s; same trigger score on {agree:.1%}")
     print(f"ratio per-event loop / batched (time per event): {per_ref / per_fast:.0f}x")
+    print("\n== U2I histories and recall evaluation memory")
+    hist, wall, peak = measure(Histories.build, *full_log, a.window)
+    csr = sum(x.nbytes for x in (hist.indptr, hist.items, hist.lo, hist.hi))
+    print(f"CSR histories of {len(hist):,} events: {csr / 2**30:.3f} GiB ({wall:.1f} s, build peak {peak:.2f} GiB); "
+          f"dense int64 [n, {a.window}]: {len(hist) * a.window * 8 / 2**30:.2f} GiB")
+    users = hist.users[:: max(1, len(hist.users) // 20_000)]
+    seen, indptr = hist.seen(users)
+    targets = np.random.default_rng(1).integers(0, ni, len(users))
+    user_emb = np.random.default_rng(2).normal(size=(len(users), a.dim)).astype(np.float32)
+    _, wall, peak = measure(recall_hits, lambda rows: user_emb[rows] @ emb.T, targets, seen, indptr, (10, 50, 100))
+    print(f"recall@10/50/100 of {len(users):,} users over {ni:,} items in blocks of 1024: {wall:.1f} s, "
+          f"peak {peak:.2f} GiB; a dense score matrix would be {len(users) * ni * 4 / 2**30:.2f} GiB")
     print(f"\nprocess max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

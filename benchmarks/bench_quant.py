@@ -2,7 +2,12 @@
 
 RQ-Kmeans (L levels of K codes) fit + transform on clustered synthetic embeddings, against
   (a) plain residual k-means, one faiss.Kmeans per level, transform by faiss index search per level
-      (the approach of public semantic-ID tokenizers),
+      (the approach of public semantic-ID tokenizers). For a like-for-like fit it trains on the same
+      sample as qarm (``--train-points`` rows drawn the same way, faiss's own subsampling off) from
+      k-means++ seeds: scikit-learn's ``kmeans_plusplus`` on a ``20 K``-row subsample of each level's
+      residuals, the seeding qarm does (greedy k-means++ on 20 K rows), then ``--niter`` faiss Lloyd
+      iterations. qarm's fit also runs joint refinement and (balanced) the price rounds, which (a) has
+      no counterpart for,
   (b) faiss.ResidualQuantizer with the same L and K (beam-search encoder),
   (c) the GEMM roofline: only the matrix products of the transform (same shapes, same chunks).
 VQ top-K over a large pool: exact (faiss flat) against HNSW, recall and speed.
@@ -20,9 +25,8 @@ import time
 import faiss
 import numpy as np
 
-from qarm.quant.kmeans import NearestCentroid
 from qarm.quant.metrics import collision_stats
-from qarm.quant.rq import RQKMeans
+from qarm.quant.rq import RQKMeans, _Plan, fixed_rows_matmul
 from qarm.quant.synthetic import clustered_embeddings
 from qarm.quant.vq import VQCoder
 
@@ -35,14 +39,28 @@ def mse(x: np.ndarray, xhat: np.ndarray) -> float:
     return out / len(x)
 
 
-def plain_faiss(x: np.ndarray, k: int, levels: int, niter: int, seed: int) -> dict:
-    """(a): one faiss.Kmeans per level on the residuals (faiss's default 256 points per centroid sample)."""
+def training_sample(x: np.ndarray, train_points: int, seed: int) -> np.ndarray:
+    """The rows RQKMeans.fit trains on: ``train_points`` drawn without replacement by ``seed``, in order."""
+    n = len(x)
+    if not train_points or n <= train_points:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(n, train_points, replace=False))]
+
+
+def plain_faiss(x: np.ndarray, k: int, levels: int, niter: int, seed: int, train_points: int) -> dict:
+    """(a): one faiss.Kmeans per level on the residuals of qarm's training sample, k-means++ seeds."""
+    from sklearn.cluster import kmeans_plusplus
+
     t0 = time.perf_counter()
-    r = x.copy()
+    r = training_sample(x, train_points, seed).copy()
+    rng = np.random.default_rng(seed + 1)
     kms = []
     for level in range(levels):
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed + level)
-        km.train(r)
+        seed_rows = r if len(r) <= 20 * k else r[rng.choice(len(r), 20 * k, replace=False)]
+        init, _ = kmeans_plusplus(seed_rows, k, random_state=seed + level)
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed + level, max_points_per_centroid=len(r) + 1,
+                          min_points_per_centroid=1)
+        km.train(r, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
         r -= km.centroids[km.index.search(r, 1)[1].ravel()]
         kms.append(km)
     fit_s = time.perf_counter() - t0
@@ -74,13 +92,16 @@ def faiss_rq(x: np.ndarray, k: int, levels: int, train_points: int, seed: int) -
 
 
 def gemm_roofline(x: np.ndarray, codebooks: list[np.ndarray], chunk: int) -> float:
-    """(c): seconds for only the matrix products of the transform, same shapes and chunking."""
-    mats = [NearestCentroid(C).neg2_ct for C in codebooks]
+    """(c): seconds for only the matrix products of the transform: the same augmented [b, d + 1] x
+    [d + 1, K] products in the same fixed-row blocks and chunks (multi-threaded BLAS)."""
+    mats = _Plan(codebooks).mats
+    block = np.ones((min(chunk, len(x)), x.shape[1] + 1), np.float32)
     t0 = time.perf_counter()
     for s in range(0, len(x), chunk):
-        block = x[s:s + chunk]
+        b = min(chunk, len(x) - s)
+        block[:b, :-1] = x[s:s + b]
         for m in mats:
-            block @ m
+            fixed_rows_matmul(block[:b], m)
     return time.perf_counter() - t0
 
 
@@ -105,7 +126,7 @@ def bench_rq(n: int, dim: int, k: int, levels: int, args) -> None:
         print(f"  {name}: done", flush=True)
         if balanced:
             roof_s = gemm_roofline(x, model.codebooks_, model.chunk_size)
-    rows["(a) faiss.Kmeans per level"] = plain_faiss(x, k, levels, args.niter, args.seed)
+    rows["(a) faiss.Kmeans per level"] = plain_faiss(x, k, levels, args.niter, args.seed, args.train_points)
     print("  (a): done", flush=True)
     if not args.skip_faiss_rq:
         rows["(b) faiss.ResidualQuantizer"] = faiss_rq(x, k, levels, args.faiss_rq_train, args.seed)
@@ -175,6 +196,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.threads)
     print(f"cores: {os.cpu_count()}, faiss threads: {faiss.omp_get_max_threads()}, faiss {faiss.__version__}, "
           f"numpy {np.__version__}")
+    print_load("start")
     t0 = time.perf_counter()
     for spec in filter(None, args.rq.split(",")):
         n, dim = (int(v) for v in spec.lower().split("x"))
@@ -182,6 +204,15 @@ def main() -> None:
     if args.vq_pool:
         bench_vq(args.vq_pool, args.vq_queries, args.vq_dim, args.vq_k, args)
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+    print_load("end")
+
+
+def print_load(when: str) -> None:
+    """Machine load (1, 5, 15 min averages): figures measured above ~0.5 per core are not a quiet machine's."""
+    one, five, fifteen = os.getloadavg()
+    cores = os.cpu_count() or 1
+    quiet = "quiet" if five <= 0.5 * cores else "NOT quiet: other work is running, ratios are unreliable"
+    print(f"load average at {when}: {one:.2f} / {five:.2f} / {fifteen:.2f} on {cores} cores ({quiet})", flush=True)
 
 
 if __name__ == "__main__":

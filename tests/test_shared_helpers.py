@@ -12,8 +12,10 @@ from qarm.lookup import IdIndex
 def test_id_index_rows_missing_and_offset():
     idx = IdIndex(np.array([30, 10, 20]))
     assert idx.ids.tolist() == [10, 20, 30]
-    assert idx.rows(np.array([20, 99, 10]), missing=-1).tolist() == [1, -1, 0]
-    assert idx.rows(np.array([[30], [5]]), missing=1, offset=2).tolist() == [[4], [1]]
+    # rows are positions in the array as given, not in its sorted copy
+    assert idx.rows(np.array([20, 99, 10]), missing=-1).tolist() == [2, -1, 1]
+    assert idx.rows(np.array([[30], [5]]), missing=1, offset=2).tolist() == [[2], [1]]
+    assert IdIndex(np.array([10, 20, 30]), assume_sorted=True).rows(np.array([30, 10])).tolist() == [2, 0]
     assert idx.contains(np.array([10, 11])).tolist() == [True, False]
     with pytest.raises(DataError, match="not in the catalogue, first 99"):
         idx.rows(np.array([10, 99]))

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", default="", help="codes store: sqlite:///PATH or redis://HOST:PORT/DB "
                                                "(default: the run's codes.parquet)")
     p.add_argument("--media-root", default="", help="folder that image_path/audio_path must lie inside")
+    p.add_argument("--admin-port", type=int, default=None,
+                   help="loopback-only admin listener (POST /admin/reload hot-swaps the run; SIGHUP too)")
+    p.add_argument("--swap", action="store_true",
+                   help="do not start a server: ask the one whose admin listener is on --admin-port to "
+                        "hot-swap to --run, then exit")
 
     p = sub.add_parser("export-codes", help="write a run's codes into a key-value store",
                        description="Reads: --run DIR/codes.parquet. Writes: the codes into --to "
@@ -81,6 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", required=True, type=Path)
     p.add_argument("--url", default=None, help="mirror base URL (default: GroupLens)")
+
+    p = sub.add_parser("study", help="the pipeline once per pipeline seed; mean ± std over seeds",
+                       description="Run the seed-dependent stages (default: all but report) once per pipeline "
+                                   "seed in DIR/seed<s>/ (ordinary run directories: an interrupted study "
+                                   "resumes), sharing the frozen tower features. Reads: the config's data. "
+                                   "Writes: DIR/seed<s>/, DIR/shared/, DIR/study.json, DIR/study.md.")
+    _add_run_args(p)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated pipeline seeds (default 0,1,2)")
+    p.add_argument("--stages", default="", help="comma-separated subset (default: all but report)")
+
+    p = sub.add_parser("results", help="Markdown tables of a run or a study",
+                       description="Print the tables of a run (DIR/metrics.json) or a study (DIR/study.json) "
+                                   "as Markdown, or with --readme re-render the README blocks marked "
+                                   "<!-- results: PATH table=NAME --> ... <!-- /results --> from their JSON. "
+                                   "Reads: DIR or a JSON file. Writes: stdout (or the --readme file).")
+    p.add_argument("path", nargs="?", type=Path, help="run or study directory, or its metrics.json / study.json")
+    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve")
+    p.add_argument("--task", default=None, help="with --table rank or buckets: the task (label column)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="also write the JSON, with config and git commit, to this file (e.g. docs/results/x.json)")
+    p.add_argument("--readme", type=Path, default=None, help="re-render the marked results blocks of this file")
+    p.add_argument("--check", action="store_true", help="with --readme: change nothing, exit 1 on any difference")
     return parser
 
 
@@ -121,9 +148,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"assigned codes to {result['n_items']} items -> {args.out}")
         return 0
     if cmd == "serve":
-        from qarm.serve.app import serve
+        from qarm.serve.app import request_swap, serve
 
-        serve(args.run, host=args.host, port=args.port, codes_store=args.codes, media_root=args.media_root)
+        if args.swap:
+            if not args.admin_port:
+                raise QarmError("--swap needs --admin-port (the running server's admin listener)")
+            info = request_swap(args.run, args.admin_port)
+            print(f"now serving {info['run']} (codebook version {info['version']}, was {info['previous_version']})")
+            return 0
+        serve(args.run, host=args.host, port=args.port, codes_store=args.codes, media_root=args.media_root,
+              admin_port=args.admin_port)
         return 0
     if cmd == "export-codes":
         from qarm.serve.kv import export_codes
@@ -137,7 +171,45 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = download_movielens(args.name, args.to, base_url=args.url)
         print(f"{args.name} -> {path}")
         return 0
+    if cmd == "study":
+        import shlex
+
+        from qarm.study import parse_seeds, run_study
+
+        cfg = load_config(args.config, args.overrides)
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()] or None
+        command = shlex.join(["qarm", "study", args.config, "--seeds", args.seeds, "--out", str(args.out)]
+                             + [f"--set={o}" for o in args.overrides] + (["--stages", args.stages] if args.stages else [])
+                             + (["--force"] if args.force else []))
+        run_study(cfg, args.out, parse_seeds(args.seeds), stages=stages, force=args.force, command=command)
+        print(f"study: {(args.out / 'study.json').resolve()}")
+        return 0
+    if cmd == "results":
+        return _results(args)
     raise QarmError(f"unknown command {cmd}")
+
+
+def _results(args: argparse.Namespace) -> int:
+    from qarm.report.results import render_all, render_table, update_readme
+    from qarm.study import export_results, load_results
+
+    if args.readme is not None:
+        changed = update_readme(args.readme, check=args.check)
+        for block in changed:
+            print(f"{args.readme}: {'differs' if args.check else 'rewrote'}: {block}")
+        if not changed:
+            print(f"{args.readme}: every results block matches its JSON")
+        return 1 if (changed and args.check) else 0
+    if args.path is None:
+        raise QarmError("give a run or study directory (or JSON file), or --readme FILE")
+    data = load_results(args.path)
+    if args.export is not None:
+        export_results(args.path, args.export)
+    if args.table:
+        sys.stdout.write(render_table(data, args.table, **({"task": args.task} if args.task else {})) + "\n")
+    else:
+        sys.stdout.write(render_all(data))
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ import yaml
 
 from qarm.align.config import AlignConfig
 from qarm.data.config import DataConfig, SplitConfig
+from qarm.engine.config import EngineConfig
 from qarm.errors import ConfigError
 from qarm.pairs.config import PairsConfig
 from qarm.quant.config import QuantizeConfig
 from qarm.rank.config import RankConfig
 from qarm.report.config import ReportConfig
+from qarm.retrieve.config import RetrieveConfig
 from qarm.serve.config import ServeConfig
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
@@ -43,8 +45,10 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     rank: RankConfig = field(default_factory=RankConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

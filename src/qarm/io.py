@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +33,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        if path.is_dir():  # a Parquet dataset folder from engine=spark, now replaced by one file
+            shutil.rmtree(path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -16,20 +16,24 @@ from qarm.errors import DataError
 class IdIndex:
     """Sorted unique int64 ids -> rows.
 
-    ids: int64 [n], any order (they are sorted here unless ``assume_sorted``); duplicates are an
-    error, since a row must name one id. ``rows(ids)`` is O(m log n) for m queries.
+    ids: int64 [n], any order; a row is the position of an id in the array as given (when the
+    array is not sorted, a stable argsort maps sorted positions back). Duplicates are an error,
+    since a row must name one id. ``rows(ids)`` is O(m log n) for m queries. ``.ids`` is the
+    sorted id array.
     """
 
     def __init__(self, ids: np.ndarray, assume_sorted: bool = False, name: str = "item_id") -> None:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if not assume_sorted:
-            ids = np.sort(ids, kind="stable")
+        self._order: np.ndarray | None = None
+        if not assume_sorted and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            self._order = np.argsort(ids, kind="stable")
+            ids = ids[self._order]
         if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
             dup = ids[1:][ids[1:] == ids[:-1]]
             if len(dup):
                 raise DataError(f"{len(dup)} duplicate {name}(s), first {int(dup[0])}: ids must be unique",
                                 column=name)
-            raise DataError(f"{name}s are not sorted ascending (pass assume_sorted=False)", column=name)
+            raise DataError(f"{name}s are not sorted ascending (drop assume_sorted=True)", column=name)
         self.ids = ids
         self.name = name
 
@@ -43,6 +47,8 @@ class IdIndex:
             return np.zeros(q.shape, np.int64), np.zeros(q.shape, bool)
         pos = np.searchsorted(self.ids, q).clip(0, len(self.ids) - 1)
         found = self.ids[pos] == q
+        if self._order is not None:
+            pos = self._order[pos]
         return np.where(found, pos, 0).astype(np.int64), found
 
     def rows(self, ids: np.ndarray, missing: int | None = None, offset: int = 0) -> np.ndarray:

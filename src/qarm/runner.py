@@ -46,11 +46,11 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "qarm.data.stage:run_prepare", ("data", "split"), (),
+    Stage("prepare", "qarm.data.stage:run_prepare", ("data", "split", "engine"), (),
           ("items.parquet", "events.parquet", "data"), "prepare",
           "the raw data named by the config's data section (synthetic, MovieLens, or Parquet/CSV files)",
           "items.parquet, events.parquet (with split and cold flags), data/ (media, ground truth)"),
-    Stage("pairs", "qarm.pairs.stage:run_pairs", ("pairs",), ("items.parquet", "events.parquet"),
+    Stage("pairs", "qarm.pairs.stage:run_pairs", ("pairs", "engine"), ("items.parquet", "events.parquet"),
           ("pairs.parquet", "pairs"), "pairs",
           "items.parquet, events.parquet (train split only)",
           "pairs.parquet (trigger_id, target_id, source, score), pairs/ (U2I item embeddings)"),
@@ -67,6 +67,12 @@ STAGES: tuple[Stage, ...] = (
           ("rank",), "rank",
           "items.parquet, events.parquet, emb_raw.npy, emb_aligned.npy, codes.parquet",
           "rank/ (one model per variant and seed, predictions), metrics under 'rank'"),
+    Stage("retrieve", "qarm.retrieve.stage:run_retrieve", ("retrieve", "quantize"),
+          ("items.parquet", "events.parquet", "codes.parquet", "emb_raw.npy"),
+          ("retrieve",), "retrieve",
+          "items.parquet, events.parquet, codes.parquet (RQ codes), emb_raw.npy (quantised here for raw codes)",
+          "retrieve/ (checkpoints, best weights, raw-code quantiser), metrics under 'retrieve' "
+          "(leave-one-out Recall/NDCG@K of generative retrieval, SASRec, popularity)"),
     Stage("report", "qarm.report.stage:run_report", ("report",), ("metrics.json",),
           ("report.html",), "report",
           "metrics.json and the artifacts of every earlier stage",

@@ -56,3 +56,59 @@ def test_deterministic_and_resumes_from_checkpoint(tmp_path):
     # a different key (other config or data) starts afresh
     fresh = U2IRetriever(60, epochs=1, **kw).fit(user, item, time, checkpoint=ckpt, checkpoint_key="other")
     assert fresh.epochs_done_ == 1 and len(fresh.loss_history_) == 1
+
+
+def test_sklearn_clone_params_untouched_and_validated_in_fit():
+    import pytest
+    from sklearn.base import clone
+
+    from qarm.errors import ConfigError
+
+    est = U2IRetriever(60, dim=8, history=5, epochs=1, user_dropout=0.1, n_negatives=16, neg_alpha=0.5,
+                       device="cpu", seed=4, progress=False)
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == est.get_params()
+    assert not [k for k in vars(twin) if k.endswith("_")]            # nothing learned before fit
+    user, item, time = clustered_log(n_users=40, n_items=60)
+    np.testing.assert_array_equal(twin.fit(user, item, time).item_embeddings(), est.fit(user, item, time).item_embeddings())
+    assert clone(est).get_params() == est.get_params()                # a fitted estimator clones to an unfitted one
+    assert not hasattr(clone(est), "model_")
+    # bad values are stored untouched (clone must not fail) and rejected by fit, naming the parameter
+    for bad, match in ((dict(temperature=0.0), "u2i_temperature"), (dict(pooling="max"), "u2i_pooling"),
+                       (dict(user_dropout=1.0), "u2i_user_dropout"), (dict(device="tpu"), "pairs.device"),
+                       (dict(history=0), "u2i_history")):
+        unfit = clone(U2IRetriever(60, **bad))
+        with pytest.raises(ConfigError, match=match):
+            unfit.fit(user, item, time)
+
+
+def test_device_cpu_and_cuda_without_gpu():
+    import pytest
+    import torch
+
+    from qarm.errors import ConfigError
+
+    user, item, time = clustered_log(n_users=30, n_items=60)
+    m = U2IRetriever(60, dim=8, history=5, epochs=1, device="auto", progress=False).fit(user, item, time)
+    expect = "cuda" if torch.cuda.is_available() else "cpu"
+    assert m.device_.type == expect and next(m.model_.parameters()).device.type == expect
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            U2IRetriever(60, dim=8, epochs=1, device="cuda:0", progress=False).fit(user, item, time)
+
+
+def test_mixed_negatives_user_dropout_and_bias_train_and_score():
+    user, item, time = clustered_log()
+    m = U2IRetriever(120, dim=16, history=10, epochs=3, batch_size=256, lr=0.01, n_negatives=64, neg_alpha=0.5,
+                     user_dropout=0.2, progress=False).fit(user, item, time)
+    assert m.loss_history_[-1] < m.loss_history_[0]
+    score = m.scorer()
+    hist = item.reshape(300, 20)[:, -10:]
+    s = score(np.arange(300), hist)
+    assert s.shape == (300, 120) and s.dtype == np.float32 and np.isfinite(s).all()
+    # the unknown-user row was trained by the dropout: a new user still ranks its history's cluster first
+    new = score(np.full(6, 10_000), hist[:6])
+    assert (new.argmax(axis=1) % 6 == np.arange(6) % 6).all()
+    # items never positive in training are ranked last
+    m2 = U2IRetriever(130, dim=8, history=5, epochs=1, progress=False).fit(user, item, time)
+    assert np.isneginf(m2.scorer()(np.arange(3), hist[:3, -5:])[:, 120:]).all()

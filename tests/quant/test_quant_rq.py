@@ -122,3 +122,55 @@ def test_clear_errors(world, fitted):
         model.inverse_transform(np.array([[0, 32, 0]]))
     with pytest.raises(QuantizeError, match="not fitted"):
         RQKMeans([4]).transform(world[:3])
+
+
+def _straightforward_codes(model: RQKMeans, x: np.ndarray) -> np.ndarray:
+    """The transform as first written: the whole batch's augmented GEMM per level, every price added
+    to every row (sparse scatter), argmin, residual update on every level."""
+    from qarm.quant.balance import add_prices
+
+    r_aug = np.hstack([x, np.ones((len(x), 1), np.float32)])
+    r = r_aug[:, :-1]
+    codes = np.empty((len(x), len(model.sizes)), np.int32)
+    for level, C in enumerate(model.codebooks_):
+        mat = np.vstack([-2.0 * C.T, np.einsum("ij,ij->i", C, C)[None, :]]).astype(np.float32)
+        sc = r_aug @ mat
+        if level == len(model.sizes) - 1 and model.price_keys_.size:
+            add_prices(sc, model._prefix(codes[:, :level]), model.price_keys_, model.price_values_, model.sizes[-1])
+        codes[:, level] = sc.argmin(axis=1)
+        r -= C[codes[:, level]]
+    return codes
+
+
+def test_fast_transform_equals_the_straightforward_one(world, fitted):
+    """Dense price rows, priced argmin and the skipped last residual change no code (same float32 sums)."""
+    from qarm.quant.rq import _Plan
+
+    plain, balanced = fitted
+    assert balanced.price_keys_.size > 100  # the fixture exercises the prices
+    for model in (plain, balanced):
+        expected = _straightforward_codes(model, world)
+        np.testing.assert_array_equal(model.transform(world), expected)
+        for n_threads in (1, 2):
+            again = RQKMeans(**{**model.get_params(), "n_threads": n_threads, "chunk_size": 1000})
+            again.dim_, again.codebooks_ = model.dim_, model.codebooks_
+            again.price_keys_, again.price_values_ = model.price_keys_, model.price_values_
+            np.testing.assert_array_equal(again.transform(world), expected)
+    # both price paths: dense rows (a catalogue) and the sparse table (a request too small for the rows)
+    dense = _Plan(balanced.codebooks_, balanced.price_keys_, balanced.price_values_, len(world))
+    sparse = _Plan(balanced.codebooks_, balanced.price_keys_, balanced.price_values_, len(world), max_table_bytes=0)
+    assert dense.price_rows is not None and sparse.price_rows is None
+    for plan in (dense, sparse):
+        codes, _ = balanced._encode_chunk(world, 3, prices=True, plan=plan, residual=False)
+        np.testing.assert_array_equal(codes, _straightforward_codes(balanced, world))
+
+
+def test_one_item_alone_gets_its_catalogue_code(world, fitted):
+    """A one-row product must not take BLAS's matrix-vector path (another summation order)."""
+    _, model = fitted
+    full = model.transform(world)
+    rows = np.random.default_rng(0).choice(len(world), 60, replace=False)
+    np.testing.assert_array_equal(np.concatenate([model.transform(world[i:i + 1]) for i in rows]), full[rows])
+    for size in (2, 3, 200):
+        subset = np.sort(np.random.default_rng(size).choice(len(world), size, replace=False))
+        np.testing.assert_array_equal(model.transform(world[subset]), full[subset])

@@ -49,12 +49,13 @@ def test_histories_are_the_last_positives_strictly_before_from_non_held_out_even
     users, ts = src["user_id"].to_numpy(), src["timestamp"].to_numpy()
     rows, pos = t.rows(src["item_id"].to_numpy()), src["click"].to_numpy() == 1
     rng = np.random.default_rng(0)
+    sims = ev.sim("sim")
     for e in rng.choice(len(ev), 40, replace=False):
         t_e = events.loc[events["split"].isin(["train", "valid", "test", "cold_test"]), "timestamp"].to_numpy()[e]
         ref = brute_history(users, ts, rows, pos, ev.user_id[e], t_e, 50)
         assert ev.history[e][ev.history[e] > 0].tolist() == ref
-        sim = ev.sim[e][ev.sim[e] > 0]
-        assert (t.prefix[sim, 0] == t.prefix[ev.target[e], 0]).all()
+        sim = sims[e][sims[e] > 0]
+        assert (t.rq[sim, 0] == t.rq[ev.target[e], 0]).all()
         assert set(sim.tolist()) <= set(brute_history(users, ts, rows, pos, ev.user_id[e], t_e, 10 ** 6))
 
 
@@ -76,12 +77,16 @@ def test_code_match_counts_match_a_loop(built):
 def test_variants_are_feature_lists(built):
     *_, t, _, _ = built
     names = {v: [s.name for s in variant_specs(v, t, 100, 50, 20, 16, 8, 4)] for v in
-             ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm")}
+             ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense")}
     assert names["id"] == ["user_id", "item_id", "history"]
-    assert "emb_raw.npy" in names["frozen_mm"] and "emb_aligned.npy" in names["ia_rep"]
+    # dense variants: the same skeleton as the code ones (item-table entry, SIM, match counts)
+    assert set(names["frozen_mm"]) == {"user_id", "item_id", "history", "emb_raw.npy", "sim_raw",
+                                       "cos_match_1_raw", "cos_match_2_raw", "cos_match_3_raw"}
+    assert set(names["ia_rep"]) == {n.replace("raw", "aligned") for n in names["frozen_mm"]}
     assert "vq" in names["vq"] and "rq_l1" not in names["vq"]
     assert {"rq_l1", "rq_p2", "rq_p3", "rq_match_1", "sim"} <= set(names["rq"]) and "vq" not in names["rq"]
     assert set(names["qarm"]) == set(names["vq"]) | set(names["rq"])
+    assert set(names["qarm_dense"]) == set(names["qarm"]) | (set(names["ia_rep"]) - {"sim_aligned"})
 
 
 def test_bad_labels_nan_embeddings_and_empty_histories(built):
@@ -99,5 +104,64 @@ def test_bad_labels_nan_embeddings_and_empty_histories(built):
     # empty histories are counted, not dropped: every user's first event has one
     assert info["n_empty_history"] > 0
     assert info["n_empty_history"] == int((ev.history.sum(1) == 0).sum())
+    assert ev.hist.values.dtype == np.int32 and ev.hist.start.dtype == np.int32  # they fit
     assert info["n_events"] == len(ev) == int(pd.Series(events["split"]).isin(
         ["train", "valid", "test", "cold_test"]).sum())
+
+
+def _dense_reference_history(groups, ts, rows, positive, n):
+    """The former dense construction, written independently: per user, positives in time order
+    (stable), and for each event the last ``n`` strictly earlier ones, right-aligned."""
+    out = np.zeros((len(groups), n), np.int64)
+    for g in np.unique(groups):
+        ev = np.flatnonzero(groups == g)
+        pos = ev[positive[ev]]
+        pos = pos[np.argsort(ts[pos], kind="stable")]
+        before = np.searchsorted(ts[pos], ts[ev], side="left")
+        for e, b in zip(ev, before):
+            last = rows[pos[max(0, b - n):b]]
+            out[e, n - len(last):] = last
+    return out
+
+
+def test_csr_histories_equal_the_dense_ones_on_ml100k(built):
+    """Every event's history, materialised from CSR offsets (numpy and the per-batch torch path),
+    equals the dense [E, 50] matrix the ranker used to hold."""
+    import torch
+
+    from qarm.rank.train import TensorData
+
+    _, events, _, t, ev, _ = built
+    src = events[events["split"].isin(["train", "valid", "test", "cold_test"])]
+    groups = src["user_id"].to_numpy()
+    positive = src["split"].isin(["train", "valid", "test"]).to_numpy() & (src["click"].to_numpy() == 1)
+    ref = _dense_reference_history(groups, src["timestamp"].to_numpy(), t.rows(src["item_id"].to_numpy()), positive, 50)
+    assert np.array_equal(ev.history, ref)
+    specs = variant_specs("qarm", t, 100, 50, 20, 16, 8, 4)
+    data = TensorData(ev, specs)
+    idx = torch.as_tensor(np.random.default_rng(3).permutation(len(ev))[:5000])
+    b = data.batch(idx)
+    assert torch.equal(b["history"], torch.as_tensor(ref[idx.numpy()]))
+    assert torch.equal(b["sim"], torch.as_tensor(ev.sim("sim")[idx.numpy()]))
+
+
+def test_new_items_through_append_get_the_catalogue_compaction(built):
+    """An item given by content gets the same indices as the catalogue row with those codes, and
+    an OOV id; codes no training item uses become UNKNOWN."""
+    items, _, codes, t, _, _ = built
+    c = codes.sort_values("item_id").reset_index(drop=True)
+    r = 10
+    vq, rq = np.stack(c["vq"])[[r]], np.stack(c["rq"])[[r]]
+    dense = {n: t.dense[n][[r + 2]] for n in t.dense}
+    local = t.take(np.array([r + 2, 5])).append(vq, rq, dense)
+    for name in t.index:
+        want = t.index[name][r + 2] if name != "item_id" else [UNKNOWN]
+        assert np.array_equal(local.index[name][4], want), name
+        assert np.array_equal(local.index[name][2], t.index[name][r + 2])
+    for name in t.cluster:
+        assert local.cluster[name][4] == t.cluster[name][r + 2]
+    unseen = np.full_like(rq, 2 ** t.rq_bits - 1)
+    unseen[0, 0] = rq[0, 0]
+    extra = t.append(np.full_like(vq, 10 ** 6), unseen, dense)
+    assert (extra.index["vq"][-1] == UNKNOWN).all()
+    assert extra.index["rq_l1"][-1, 0] == t.index["rq_l1"][r + 2, 0] and extra.index["rq_p3"][-1, 0] == UNKNOWN

@@ -63,3 +63,81 @@ def test_dense_inputs_stay_frozen_and_code_embeddings_train():
     opt.step()
     assert torch.equal(model.dense_0, frozen)
     assert not torch.equal(model.item["vq"].weight, vq_before)
+
+
+def _code_tables(n_items: int = 3000, k: int = 4, depth: int = 3, d_dense: int = 6) -> ItemTables:
+    """A catalogue with VQ bags, RQ levels / prefixes and one dense embedding (random, seeded)."""
+    rng = np.random.default_rng(1)
+    t = _tiny_tables(n_items, d_dense)
+    rows = n_items + 2
+    t.index["vq"] = np.r_[np.zeros((1, k)), np.ones((1, k)), rng.integers(0, 40, (n_items, k))].astype(np.int64)
+    t.vocab["vq"] = 40
+    for d in range(1, depth + 1):
+        t.index[f"rq_l{d}"] = rng.integers(0, 9, (rows, 1))
+        t.vocab[f"rq_l{d}"] = 9
+    for d in range(2, depth + 1):
+        t.index[f"rq_p{d}"] = rng.integers(0, 30, (rows, 1))
+        t.vocab[f"rq_p{d}"] = 30
+    t.index["vq"][0] = t.index["rq_l1"][0] = 0
+    return t
+
+
+def _reference_logits(model: RankModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The former whole-catalogue computation: every item's vector [R, D], then gathers."""
+    n_rows = model.idx_item_id.shape[0]
+    table = model.item_vectors(model.row_features(torch.arange(n_rows)))
+    tgt = table[batch["target"]]
+    parts = [model.user.weight[batch["user"]], tgt]
+    for spec, att in zip(model.seq_specs, model.attention):
+        parts.append(att(tgt, table, batch[spec.name]))
+    parts += [emb.weight[batch["counts"][:, j]] for j, emb in enumerate(model.count)]
+    return model.head(model.bottom(torch.cat(parts, 1)))
+
+
+def test_a_batch_that_touches_few_items_gives_the_whole_table_logits():
+    torch.manual_seed(0)
+    t = _code_tables()
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", t.vocab["item_id"], 4),
+             FeatureSpec("vq", "item", 40, 4, "mean", 4), FeatureSpec("history", "sequence", 5, 0),
+             *[FeatureSpec(f"rq_l{d}", "item", 9, 3) for d in (1, 2, 3)],
+             *[FeatureSpec(f"rq_p{d}", "item", 30, 3) for d in (2, 3)],
+             FeatureSpec("emb_raw.npy", "dense", 6, 4), FeatureSpec("sim", "sequence", 3, 0),
+             FeatureSpec("rq_match_1", "count", 18, 2), FeatureSpec("vq_overlap_items", "count", 18, 2)]
+    model = RankModel(specs, t, n_tasks=2, att_hidden=[8, 4], dnn_hidden=[16, 8], att_dim=4).eval()
+    rng = np.random.default_rng(2)
+    hist = rng.integers(2, 40, (6, 5))
+    hist[0] = 0                      # an empty history
+    hist[1, :2] = 0                  # a short one
+    batch = {"user": torch.tensor([2, 3, 1, 4, 5, 1]), "target": torch.tensor([2, 3001, 17, 5, 2, 40]),
+             "history": torch.as_tensor(hist), "sim": torch.as_tensor(rng.integers(0, 40, (6, 3))),
+             "counts": torch.as_tensor(rng.integers(0, 18, (6, 2)))}
+    with torch.no_grad():
+        got, ref = model(batch), _reference_logits(model, batch)
+    assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5)
+    # and the gradients agree: only the touched rows of each embedding receive any
+    model.train()
+    g_got = torch.autograd.grad(model(batch).sum(), model.item["vq"].weight)[0]
+    g_ref = torch.autograd.grad(_reference_logits(model, batch).sum(), model.item["vq"].weight)[0]
+    assert torch.allclose(g_got, g_ref, atol=1e-6)
+    touched = np.unique(t.index["vq"][np.unique(np.r_[hist.ravel(), batch["sim"].numpy().ravel(), [2, 3001, 17, 5, 40]])])
+    assert set(np.flatnonzero(g_got.abs().sum(1).numpy() > 0)) <= set(touched.tolist())
+
+
+def test_id_dropout_replaces_ids_with_the_oov_row_in_training_only():
+    torch.manual_seed(0)
+    t = _tiny_tables(200)
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", 202, 4),
+             FeatureSpec("history", "sequence", 4, 0)]
+    model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
+    model.item_id_dropout = model.user_id_dropout = 0.5
+    batch = {"user": torch.arange(2, 10), "target": torch.arange(2, 10), "history": torch.randint(2, 200, (8, 4))}
+    before = model.item["item_id"].weight[1].detach().clone(), model.user.weight[1].detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(batch).sum().backward()
+    opt.step()
+    # rows 1 (OOV) of both embeddings never appear in the batch: only dropout can have trained them
+    assert not torch.equal(model.item["item_id"].weight[1], before[0])
+    assert not torch.equal(model.user.weight[1], before[1])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch), model(batch))  # no dropout at evaluation

@@ -22,7 +22,7 @@ from qarm.rank.stage import run_train
 from qarm.runner import RunDir, run_stages
 
 CONFIG = Path(__file__).parents[1] / "configs" / "ml100k-fast.yaml"
-VARIANTS = ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm"]
+VARIANTS = ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense"]
 
 
 def test_train_stage_writes_the_variant_table_and_a_servable_ranker(ml_run, ml100k_path):
@@ -36,10 +36,15 @@ def test_train_stage_writes_the_variant_table_and_a_servable_ranker(ml_run, ml10
             assert {"auc", "gauc", "logloss", "cold_auc"} <= set(m)
             assert all(set(m[k]) == {"mean", "std"} for k in ("auc", "gauc", "logloss", "cold_auc"))
             assert 0.0 < m["logloss"]["mean"] < 1.0 and not math.isnan(m["cold_auc"]["mean"])
+            for pop in ("warm_users", "new_users"):
+                assert set(m[pop]) == {"auc", "gauc"} and all(set(m[pop][k]) == {"mean", "std"} for k in m[pop])
+                assert 0.5 < m[pop]["auc"]["mean"] < 1.0, (v, task, pop, m[pop])
         assert rank["variants"][v]["click"]["auc"]["mean"] > 0.62, (v, rank["variants"][v])
         assert {"0", "1-4", "100+"} <= set(rank["buckets"][v]["click"])
     assert rank["throughput"]["train_samples_per_s"] > 0 and rank["throughput"]["eval_samples_per_s"] > 0
     assert rank["n_empty_history"] > 0 and rank["n_cold_test"] > 0
+    assert rank["n_test_warm_user_events"] + rank["n_test_new_user_events"] == rank["n_test"]
+    assert rank["n_test_warm_user_events"] > 0 and rank["n_test_new_user_events"] > 0
     # the id variant cannot tell two held-out items apart (both are the OOV id); qarm can, by codes
     items = pd.read_parquet(run_dir / "items.parquet")
     held = items.loc[items["holdout"], "item_id"].to_numpy()[:20].tolist()
@@ -55,6 +60,43 @@ def test_train_stage_writes_the_variant_table_and_a_servable_ranker(ml_run, ml10
     assert np.isfinite(ranker.score([], candidates)["like"]).all()  # empty history, unknown user
     assert not np.allclose(ranker.score(history[:1], candidates)["click"], scores["click"])
     assert load_ranker(run_dir).variant == rank["default_variant"]
+
+
+def test_online_scores_reproduce_predictions_parquet(ml_run, ml100k_path):
+    """Ranker.score, given an event's history as serving would pass it, returns the probability
+    predict() wrote for that event; an item passed by content (extra_items) scores as its tables
+    entry does."""
+    from qarm.io import read_npy, read_parquet
+    from qarm.rank.predict import ItemContent
+    from qarm.rank.stage import load_inputs
+
+    cfg = load_config(CONFIG, [f"data.path={ml100k_path}"])
+    run_stages(cfg, ml_run, stages=["train"])
+    inp = load_inputs(cfg.rank, RunDir(ml_run), cfg.quantize.rq_sizes[0], cfg.seed)
+    ev = inp.events
+    sel = np.flatnonzero(np.isin(ev.split, ["test", "cold_test"]))
+    order = np.r_[sel[ev.split[sel] == "test"], sel[ev.split[sel] == "cold_test"]]  # predictions' row order
+    codes = read_parquet(ml_run / "codes.parquet").set_index("item_id")
+    dense = {n: read_npy(ml_run / n) for n in ("emb_raw.npy", "emb_aligned.npy")}
+    picks = np.r_[np.random.default_rng(0).choice(len(order), 25, replace=False), len(order) - 1]
+    for variant in ("id", "frozen_mm", "qarm", "qarm_dense"):
+        pred = pd.read_parquet(ml_run / "rank" / variant / "seed0" / "predictions.parquet")
+        ranker = load_ranker(ml_run, variant)
+        assert ranker.needs_dense == ({"emb_raw.npy"} if variant == "frozen_mm" else
+                                      {"emb_aligned.npy"} if variant == "qarm_dense" else set())
+        for j in picks:
+            e = order[j]
+            hist = inp.item_ids[ev.hist.values[ev.hist.start[e]:ev.hist.end[e]] - 2]
+            item = int(inp.item_ids[ev.target[e] - 2])
+            assert pred["item_id"].iloc[j] == item and pred["user_id"].iloc[j] == ev.user_id[e]
+            got = ranker.score(hist.tolist(), [item], user_id=int(ev.user_id[e]))
+            for task in ("click", "like"):
+                assert abs(float(got[task][0]) - float(pred[f"p_{task}"].iloc[j])) < 1e-6, (variant, j, task)
+            row = int(ev.target[e]) - 2
+            content = ItemContent(codes.loc[item, "vq"], codes.loc[item, "rq"], {n: d[row] for n, d in dense.items()})
+            by_content = ranker.score(hist.tolist(), [item], user_id=int(ev.user_id[e]), extra_items={item: content})
+            if ev.split[e] == "cold_test":  # held-out: its tables entry is already an OOV id plus content
+                assert abs(float(by_content["click"][0]) - float(got["click"][0])) < 1e-6
 
 
 def _cmd(out: Path, variant: str, epochs: int) -> list[str]:
@@ -83,8 +125,12 @@ def test_resume_after_sigkill_ends_with_identical_metrics(tiny_run, tmp_path):
     result = json.loads((tiny_run / "rank" / "rq" / "seed0" / "result.json").read_text())
     assert result["resumed_from_epoch"] >= 1
     resumed = json.loads((tiny_run / "metrics.json").read_text())["rank"]
-    def same(d):  # NaN-safe equality
-        return json.dumps(d, sort_keys=True)
+    def same(d):  # NaN-safe equality (metrics.json writes NaN as null)
+        def clean(x):
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            return None if isinstance(x, float) and math.isnan(x) else x
+        return json.dumps(clean(d), sort_keys=True)
 
     assert same(resumed["variants"]) == same(reference["variants"])
     assert same(resumed["buckets"]) == same(reference["buckets"])
@@ -108,3 +154,49 @@ def test_config_errors_are_clear(tmp_path):
     cfg = load_config(CONFIG, ["rank.variants=[id, bogus]"])
     with pytest.raises(ConfigError, match="bogus"):
         run_train(cfg, RunDir(tmp_path))
+    for bad, match in (("rank.device=gpu", "rank.device.*'gpu'"), ("rank.item_id_dropout=1.5", "rank.item_id_dropout"),
+                       ("rank.code_dropout=-0.1", "rank.code_dropout")):
+        with pytest.raises(ConfigError, match=match):
+            run_train(load_config(CONFIG, [bad]), RunDir(tmp_path))
+
+
+def test_device_selection_for_the_ranker():
+    import torch
+
+    from qarm.distributed import backend_for, resolve_device
+
+    assert resolve_device("cpu", "rank.device") == torch.device("cpu")
+    auto = resolve_device("auto", "rank.device")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert backend_for(auto) == ("nccl" if auto.type == "cuda" else "gloo")
+    if not torch.cuda.is_available():
+        from qarm.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="rank.device.*no CUDA"):
+            resolve_device("cuda", "rank.device")
+
+
+def test_id_dropout_trains_the_oov_rows(tiny_run):
+    """With item / user id dropout the OOV rows (which no train event names) leave their init."""
+    import torch
+
+    from qarm.rank.features import variant_specs
+    from qarm.rank.model import RankModel
+    from qarm.rank.stage import _seed_all, load_inputs
+
+    moved = {}
+    for rate in (0.0, 0.3):
+        sets = tiny_overrides("id", 1) + [f"rank.item_id_dropout={rate}", f"rank.user_id_dropout={rate}"]
+        cfg = load_config(CONFIG, sets)
+        run_train(cfg, RunDir(tiny_run))
+        saved = torch.load(tiny_run / "rank" / "id" / "seed0" / "model.pt", weights_only=True)["state_dict"]
+        inp = load_inputs(cfg.rank, RunDir(tiny_run), 32, cfg.seed)
+        rc = cfg.rank
+        specs = variant_specs("id", inp.tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
+                              rc.dim, rc.code_dim, rc.count_dim)
+        _seed_all(cfg, 0)  # the stage's init, reproduced
+        init = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden),
+                         att_dim=rc.dim).state_dict()
+        moved[rate] = {k: float((saved[k][1] - init[k][1]).norm()) for k in ("item.item_id.weight", "user.weight")}
+    for k in moved[0.0]:
+        assert moved[0.0][k] < 1e-6 < moved[0.3][k], moved  # untouched without dropout, trained with it

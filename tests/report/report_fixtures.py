@@ -18,7 +18,7 @@ from qarm.runner import STAGE_BY_NAME, RunDir
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Animation"]
 VARIANTS = ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm"]
-STAGE_ORDER = ["prepare", "pairs", "align", "quantize", "train"]
+STAGE_ORDER = ["prepare", "pairs", "align", "quantize", "train", "retrieve"]
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -139,8 +139,27 @@ def write_train(run: Path, rng: np.random.Generator) -> dict:
             "throughput": {"train_samples_per_s": 41000.0, "eval_samples_per_s": 150000.0}}
 
 
+def write_retrieve(run: Path, rng: np.random.Generator) -> dict:
+    """The retrieve stage's figures: per method, mean/std over two seeds (popularity: one number)."""
+    (run / "retrieve").mkdir(exist_ok=True)
+    out = {"enabled": True, "n_test_users": 943, "n_cold_test_users": 41, "n_items": 1682, "seeds": [0, 1],
+           "ks": [1, 5, 10, 20], "aligned_codes_collision_rate": 0.05, "raw_codes_collision_rate": 0.07, "wall_s": 600.0}
+    for i, method in enumerate(("aligned_codes", "raw_codes", "sasrec", "popularity")):
+        base = 0.12 - 0.02 * i
+        fig = {"recall@5": base / 2, "recall@10": base, "ndcg@5": base / 4, "ndcg@10": base / 3,
+               "cold_recall@10": 0.05 if i < 2 else 0.0,
+               "recall_by_k": {str(k): base * k / 10 for k in (1, 5, 10, 20)},
+               "recall@10_by_bucket": {"0": base / 3, "5-19": base / 2, "100+": base * 1.5}}
+        if method != "popularity":
+            fig = {k: {b: {"mean": x, "std": 0.01} for b, x in v.items()} if isinstance(v, dict)
+                   else {"mean": v, "std": 0.005 + 0.001 * rng.random()} for k, v in fig.items()}
+            fig["train_s"] = {"mean": 120.0, "std": 3.0}
+        out[method] = fig
+    return out
+
+
 WRITERS = {"prepare": write_prepare, "pairs": write_pairs, "align": write_align, "quantize": write_quantize,
-           "train": write_train}
+           "train": write_train, "retrieve": write_retrieve}
 
 
 def record(cfg: Config, run: Path, stage: str, figures: dict, wall_s: float) -> None:

@@ -46,7 +46,8 @@ def test_full_report_is_self_contained_and_renders_in_chromium(fake_run, chromiu
     assert all(im.shape[0] > 100 and im.shape[1] > 200 and im.std() > 5 for im in images), "blank or tiny plot"
     for alt in ("wall time per stage", "pair counts and score histograms", "recall raw against aligned",
                 "PCA projection of raw and aligned embeddings", "RQ code usage per level", "items per full RQ code",
-                "ranking ablation AUC and GAUC", "cold-start AUC by variant", "AUC per frequency bucket"):
+                "ranking ablation AUC and GAUC", "cold-start AUC by variant", "AUC per frequency bucket",
+                "Recall@K curves", "Recall@10 by frequency bucket"):
         assert f'alt="{alt}"' in page
     # the ablation table holds mean ± std of every variant
     for variant in ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm"):
@@ -162,7 +163,11 @@ def _documented(doc: str) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for block in doc.split("\n## `")[1:]:
         key, _, body = block.partition("`")
-        out[key] = set(re.findall(r"`([^`]+)`", body))
+        names = set()
+        for name in re.findall(r"`([^`]+)`", body):  # `a.{x,y}` names a.x and a.y
+            m = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", name)
+            names.update([m.group(1) + alt.strip() + m.group(3) for alt in m.group(2).split(",")] if m else [name])
+        out[key] = names
     return out
 
 

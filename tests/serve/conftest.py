@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -55,27 +53,10 @@ def server(served_run, media_root, tmp_path_factory):
 
 @pytest.fixture
 def redis_server(tmp_path):
-    """A real redis-server on 127.0.0.1, nothing persisted (DB 0 at ``.url``); shut down after."""
+    """A real redis-server on 127.0.0.1 (DB 0 at ``.url``), its data in tmp_path; shut down after."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server not found: apt-get install -y redis-server")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    client.close()
-    srv = RedisServer(proc, port)
+    srv = RedisServer(exe, free_port(), tmp_path)
     yield srv
     srv.stop()

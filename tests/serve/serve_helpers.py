@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def item_body(row, item_id: int, media_root: Path) -> dict:
+    """An items.parquet row as POST /items content (text fields, media by path under the root)."""
+    body = {"item_id": item_id, "title": row.title, "description": row.description, "tags": row.tags,
+            "category": row.category, "text": row.text}
+    for kind in ("image", "audio"):
+        path = getattr(row, kind)
+        if isinstance(path, str) and path and getattr(row, f"has_{kind}", True):
+            body[f"{kind}_path"] = os.path.relpath(path, media_root)
+    return body
 
 
 class Server:
@@ -65,11 +77,37 @@ class Server:
 
 
 class RedisServer:
-    def __init__(self, proc: subprocess.Popen, port: int) -> None:
-        self.proc, self.port = proc, port
+    """A real redis-server on 127.0.0.1:``port``, data in ``data_dir`` with an fsync'ed append-only
+    file, so ``stop()`` then ``start()`` is an outage and a recovery that keeps what was written."""
+
+    def __init__(self, exe: str, port: int, data_dir: Path) -> None:
+        self.exe, self.port, self.data_dir = exe, port, data_dir
         self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self, timeout: float = 15.0) -> None:
+        import redis
+
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        self.proc.kill()
+                        pytest.fail("redis-server did not start")
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)

@@ -75,7 +75,7 @@ CASES = [
     ("id not a number", "GET", "/items/abc/codes", {}, 422, "valid integer"),
     ("id beyond int64", "GET", "/items/99999999999999999999/codes", {}, 422, "less than or equal"),
     ("unknown candidates", "POST", "/rank", {"json": {"candidates": [10**15, 10**15 + 1]}}, 404,
-     "2 item id(s) not in this run's catalogue"),
+     "2 item id(s) neither in this run's catalogue nor ingested"),
     ("unknown history", "POST", "/rank", {"json": {"history": [-7], "candidates": [-7]}}, 404, "catalogue"),
     ("no candidates", "POST", "/rank", {"json": {"candidates": []}}, 422, "at least 1"),
     ("too many candidates", "POST", "/rank", {"json": {"candidates": list(range(1001))}}, 422, "at most 1000"),

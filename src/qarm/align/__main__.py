@@ -1,6 +1,7 @@
 """Distributed ``align`` stage: ``torchrun --nproc_per_node N -m qarm.align CONFIG --out RUN [--set k=v]``.
 
-Every rank joins one process group (NCCL on GPUs, gloo on CPU). Rank 0 runs the stage through
+Every rank joins one process group through ``qarm.distributed.init_distributed``: the backend
+follows ``align.device`` (NCCL when it resolves to CUDA, gloo on CPU, whatever else is installed). Rank 0 runs the stage through
 the runner (manifest, metrics, artifacts); the other ranks run ``run_align`` alongside it, training
 on their shard of every batch. Without ``torchrun`` (no ``WORLD_SIZE``) this is the plain stage.
 """
@@ -12,7 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from qarm.errors import QarmError
@@ -27,13 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from qarm.align.stage import run_align
     from qarm.config import load_config
+    from qarm.distributed import init_distributed, resolve_device
     from qarm.runner import STAGE_BY_NAME, RunDir, is_fresh, run_stages
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         cfg = load_config(args.config, args.overrides)
         if world > 1:
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            init_distributed(resolve_device(cfg.align.device, "align.device"))
         rank = dist.get_rank() if world > 1 else 0
         # every rank must agree on skipping, or the others would wait for a rank 0 that never trains
         skip = [rank == 0 and not args.force and is_fresh(cfg, RunDir(args.out), STAGE_BY_NAME["align"])]

@@ -5,6 +5,11 @@ tower (computed once; cached on disk under ``run/align/cache/`` keyed by tower s
 token ids / pixels for towers that fine-tune, log-mel spectrograms for the audio CNN, and
 ``present`` bool [n, n_modalities]. A missing, empty or undecodable modality is never an error for
 the item: it is marked absent (the fusion uses a learned placeholder) and counted.
+
+Batch invariance: every tower runs on batches of a fixed shape (``batch_size`` rows, padded with
+blank rows; a text padded to its own length bucket, ``token_bucket``: a multiple of 16 tokens), so
+an item's feature bits are a function of its own content only, the same whichever items share its
+batch, alone or in a catalogue (docs/determinism.md).
 """
 
 from __future__ import annotations
@@ -95,6 +100,25 @@ def decode_images(paths: list[str | None], size: int, progress: bool = True) -> 
     return pixels, ok
 
 
+AUDIO_BATCH = 256  # log-mel rows per fixed-shape STFT batch
+TOKEN_BUCKET = 16  # texts are padded to a multiple of this many tokens (their own length's bucket)
+
+
+def token_bucket(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Padded width of each text: its token count rounded up to a multiple of TOKEN_BUCKET, capped at
+    max_length. A function of the text alone, so grouping by it keeps features batch-invariant while
+    short texts do not pay for max_length."""
+    w = -(-np.maximum(np.asarray(lengths, dtype=np.int64), 1) // TOKEN_BUCKET) * TOKEN_BUCKET
+    return np.minimum(w, max_length)
+
+
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """x [n, ...] with zero rows appended up to ``rows`` (n <= rows): a fixed-shape batch."""
+    if len(x) == rows:
+        return x
+    return np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], dtype=x.dtype)])
+
+
 def decode_audio(paths: list[str | None], sample_rate: int, seconds: float, n_mels: int,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """float16 log-mel [n, n_mels, frames] (silence where absent) and ok bool [n]."""
@@ -110,7 +134,8 @@ def decode_audio(paths: list[str | None], sample_rate: int, seconds: float, n_me
             ok[i] = True
         except Exception:  # wave.Error, EOFError, unsupported format: counted as corrupt
             pass
-    out = [logmel(torch.from_numpy(wav[a:a + 256])).numpy() for a in range(0, len(paths), 256)]
+    out = [logmel(torch.from_numpy(pad_rows(wav[a:a + AUDIO_BATCH], AUDIO_BATCH))).numpy()[:len(wav[a:a + AUDIO_BATCH])]
+           for a in range(0, len(paths), AUDIO_BATCH)]
     frames = 1 + n_samples // logmel.hop
     mel = np.concatenate(out) if out else np.zeros((0, n_mels, frames), dtype=np.float32)
     return mel.astype(np.float16), ok
@@ -119,16 +144,30 @@ def decode_audio(paths: list[str | None], sample_rate: int, seconds: float, n_me
 @torch.no_grad()
 def tower_features(tower, content: ItemContent, kind: str, image_size: int, batch_size: int,
                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen features of one pretrained tower: float32 [n, out_dim] (zeros where absent), ok bool [n]."""
+    """Frozen features of one pretrained tower: float32 [n, out_dim] (zeros where absent), ok bool [n].
+
+    Every forward pass has the shape [batch_size, ...] (blank rows pad the last batch; a text is
+    padded to its own ``token_bucket`` and batched with texts of the same bucket), so the bits of a
+    row never depend on the other rows.
+    """
     n = len(content)
     feats = np.zeros((n, tower.out_dim), dtype=np.float32)
     if kind == "text":
         ok = np.array([bool(t) for t in content.texts], dtype=bool)
         rows = np.flatnonzero(ok)
-        for a in tqdm(range(0, len(rows), batch_size), desc="text tower", unit="batch", disable=not progress):
-            r = rows[a:a + batch_size]
-            tok = tower.tokenize([content.texts[i] for i in r])
-            feats[r] = tower(**tok).numpy()
+        lengths = [len(x) for x in tower.tokenizer([content.texts[i] for i in rows], truncation=True,
+                                                   max_length=tower.max_length)["input_ids"]]
+        widths = token_bucket(np.array(lengths, dtype=np.int64), tower.max_length)
+        groups = [(w, rows[widths == w]) for w in np.unique(widths)]
+        bar = tqdm(total=len(rows), desc="text tower", unit="text", disable=not progress, mininterval=2.0)
+        for w, grp in groups:
+            for a in range(0, len(grp), batch_size):
+                r = grp[a:a + batch_size]
+                texts = [content.texts[i] for i in r]
+                tok = tower.tokenize(texts + [""] * (batch_size - len(texts)), fixed=True, length=int(w))
+                feats[r] = tower(**tok).numpy()[:len(r)]
+                bar.update(len(r))
+        bar.close()
         return feats, ok
     ok = np.zeros(n, dtype=bool)
     bar = tqdm(total=n, desc="image tower", unit="img", disable=not progress, mininterval=2.0)
@@ -136,7 +175,8 @@ def tower_features(tower, content: ItemContent, kind: str, image_size: int, batc
         pixels, good = decode_images(content.images[a:a + batch_size], image_size, progress=False)
         ok[a:a + batch_size] = good
         if good.any():
-            feats[a:a + batch_size][good] = tower(torch.from_numpy(pixels[good])).numpy()
+            out = tower(torch.from_numpy(pad_rows(pixels[good], batch_size))).numpy()
+            feats[a:a + batch_size][good] = out[:int(good.sum())]
         bar.update(len(good))
     bar.close()
     return feats, ok
@@ -176,15 +216,18 @@ class ItemStore:
     def __len__(self) -> int:
         return len(self.present)
 
-    def batch(self, rows: np.ndarray, live: set[str]) -> dict:
-        """Tensors for ``rows``: each modality's tower input (live) or frozen feature, plus ``present``."""
+    def batch(self, rows: np.ndarray, live: set[str], text_width: int | None = None) -> dict:
+        """Tensors for ``rows``: each modality's tower input (live) or frozen feature, plus ``present``.
+
+        Training trims a live text tower's padding to the batch's longest text; inference passes
+        ``text_width`` (the rows' common ``token_bucket``) so the result is batch-invariant."""
         out: dict = {"present": torch.from_numpy(self.present[rows])}
         for m in self.modalities:
             if m == "audio":
                 out[m] = torch.from_numpy(self.logmel[rows].astype(np.float32))
             elif m in live and m == "text":
                 mask = self.tokens["attention_mask"][rows]
-                width = max(1, int(mask.sum(1).max()))  # trim padding to this batch's longest text
+                width = text_width if text_width is not None else max(1, int(mask.sum(1).max()))
                 out[m] = {"input_ids": torch.from_numpy(self.tokens["input_ids"][rows, :width]),
                           "attention_mask": torch.from_numpy(mask[:, :width])}
             elif m in live:
@@ -210,16 +253,26 @@ def raw_embedding(store: ItemStore) -> np.ndarray:
 
 def build_store(content: ItemContent, towers: dict, modalities: list[str], live: set[str], image_size: int,
                 audio_cfg: tuple[int, float, int], batch_size: int, cache_dir: Path | None = None,
-                tower_keys: dict[str, str] | None = None, progress: bool = True) -> ItemStore:
+                tower_keys: dict[str, str] | None = None, progress: bool = True,
+                given: tuple[np.ndarray, np.ndarray] | None = None) -> ItemStore:
     """Compute (or load from ``cache_dir``) everything the encoder reads for these items.
 
     towers: modality -> frozen pretrained tower (text, image); tower_keys: modality -> spec string
     that, with the content hash, names the cache file. audio_cfg: (sample_rate, seconds, n_mels).
+    given: (float32 [n, d], ok bool [n]) user-supplied embeddings, the frozen feature of modality
+    ``given`` (``qarm.align.given``).
     """
     n = len(content)
     present = np.zeros((n, len(modalities)), dtype=bool)
     store = ItemStore(modalities, present, counts=dict(content.counts))
     for j, m in enumerate(modalities):
+        if m == "given":
+            if given is None:
+                raise ValueError("modality 'given' needs the given embeddings")
+            store.feats[m] = np.asarray(given[0], dtype=np.float32)
+            present[:, j] = given[1]
+            store.counts["missing_given"] = int((~given[1]).sum())
+            continue
         key = f"{m}-{hashlib.sha256(((tower_keys or {}).get(m, '') + content.digest(m)).encode()).hexdigest()[:16]}"
         path = cache_dir / f"{key}.npz" if cache_dir is not None else None
         if m == "audio":
@@ -237,7 +290,7 @@ def build_store(content: ItemContent, towers: dict, modalities: list[str], live:
             store.counts[f"corrupt_{m}"] = int((given & ~present[:, modalities.index(m)]).sum())
     store.counts["items_without_content"] = int((~present.any(axis=1)).sum())
     if "text" in live:
-        tok = towers["text"].tokenize([t if t else "" for t in content.texts])
+        tok = towers["text"].tokenize([t if t else "" for t in content.texts], fixed=True)
         store.tokens = {k: v.numpy() for k, v in tok.items()}
     if "image" in live:
         store.pixels, _ = decode_images(content.images, image_size, progress)

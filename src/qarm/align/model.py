@@ -41,7 +41,8 @@ class Fusion(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         if self.training and self.modality_dropout > 0:
-            keep = torch.rand(present.shape) >= self.modality_dropout
+            # drawn on the CPU generator (seeded per epoch by the trainer), then moved: same draws on any device
+            keep = (torch.rand(present.shape) >= self.modality_dropout).to(present.device)
             dropped = present & keep
             present = torch.where(dropped.any(dim=1, keepdim=True), dropped, present)  # never hide everything
         tokens = torch.stack([self.proj[m](feats[m].float()) for m in self.modalities], dim=1)   # [b, M, h]

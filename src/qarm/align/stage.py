@@ -31,11 +31,14 @@ from qarm.align.encoder import (
     tower_spec,
 )
 from qarm.align.evaluate import business_agreement, recall_at_k, valid_pairs
-from qarm.align.inputs import build_store, read_content
-from qarm.align.train import AlignTrainer, configure_towers, dist_info, embed_rows
+from qarm.align.given import GIVEN, load_given
+from qarm.align.inputs import ItemContent, build_store, read_content
+from qarm.align.train import AlignTrainer, configure_towers, embed_rows
 from qarm.config import Config
+from qarm.distributed import check_device, resolve_device, world
 from qarm.errors import ConfigError, DataError
 from qarm.io import path_sha256, read_npy, read_parquet, write_npy
+from qarm.lookup import IdIndex
 from qarm.runner import RunDir
 
 
@@ -53,6 +56,14 @@ def check_config(ac: AlignConfig) -> None:
         raise ConfigError(f"align.temperature: must be positive, got {ac.temperature}")
     if ac.image_size % 32 and not ac.joint_model:
         raise ConfigError(f"align.image_size: the CNN towers downsample 32x, use a multiple of 32, got {ac.image_size}")
+    check_device(ac.device, "align.device")
+    if ac.content_weight < 0:
+        raise ConfigError(f"align.content_weight: must be >= 0, got {ac.content_weight}")
+    if ac.content_temperature <= 0:
+        raise ConfigError(f"align.content_temperature: must be positive, got {ac.content_temperature}")
+    if ac.item_embeddings and ac.mode != "head":
+        raise ConfigError(f"align.mode={ac.mode!r}: with align.item_embeddings there is no tower to fine-tune; "
+                          "use mode head")
     bad = {k: v for k, v in ac.source_weights.items() if v < 0}
     if bad:
         raise ConfigError(f"align.source_weights: weights must be >= 0, got {bad}")
@@ -67,10 +78,11 @@ def pair_rows(pairs: pd.DataFrame, item_ids: np.ndarray, source_weights: dict[st
         if col not in pairs.columns:
             raise DataError(f"missing column; has {', '.join(map(str, pairs.columns))}", file=file, column=col)
     rows = []
+    index = IdIndex(item_ids, assume_sorted=True)
     for col in ("trigger_id", "target_id"):
         ids = pairs[col].to_numpy(dtype=np.int64)
-        pos = np.minimum(np.searchsorted(item_ids, ids), max(len(item_ids) - 1, 0))
-        bad = np.flatnonzero(item_ids[pos] != ids)
+        pos, found = index.find(ids)
+        bad = np.flatnonzero(~found)
         if len(bad):
             raise DataError(f"item id {int(ids[bad[0]])} is not in items.parquet ({len(bad)} such rows); "
                             "rerun the pairs stage on these items", file=file, row=int(bad[0]), column=col)
@@ -86,7 +98,8 @@ def pair_rows(pairs: pd.DataFrame, item_ids: np.ndarray, source_weights: dict[st
 def run_align(cfg: Config, run: RunDir) -> dict:
     ac = cfg.align
     check_config(ac)
-    rank, world = dist_info()
+    device = resolve_device(ac.device, "align.device")
+    rank, world_size = world()
     items, events = run.items(), run.events()
     pairs_file = run.require("pairs.parquet", "pairs")
     pairs = read_parquet(pairs_file)
@@ -102,10 +115,16 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     t0 = time.perf_counter()
     spec = tower_spec(ac)
     raw_towers, image_size = load_towers(spec)
-    content = read_content(items, file=str(run / "items.parquet"))
-    modalities = [m for m in ("text", "image") if m in raw_towers]
-    if ac.use_audio and any(p is not None for p in content.audios):
-        modalities.append("audio")
+    given = None
+    if spec["given"]:  # the user's own item vectors: the only modality, no pretrained tower runs
+        given = load_given(spec["given"], items, ac.item_embeddings)
+        content = ItemContent([""] * len(items), [None] * len(items), [None] * len(items))
+        modalities = [GIVEN]
+    else:
+        content = read_content(items, file=str(run / "items.parquet"))
+        modalities = [m for m in ("text", "image") if m in raw_towers]
+        if ac.use_audio and any(p is not None for p in content.audios):
+            modalities.append("audio")
     if not modalities:
         raise ConfigError("align: no modality to encode: set align.text_model, align.image_model or "
                           "align.joint_model (and align.use_audio for items with audio)")
@@ -117,27 +136,30 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     def store_now():
         return build_store(content, raw_towers, modalities, live, image_size,
                            (ac.audio_sample_rate, ac.audio_seconds, ac.n_mels), ac.encode_batch_size,
-                           align_dir / "cache", tower_keys(spec, image_size), progress=rank == 0)
+                           align_dir / "cache", tower_keys(spec, image_size), progress=rank == 0, given=given)
 
     store = store_now() if rank == 0 else None
-    if world > 1:
+    if world_size > 1:
         dist.barrier()  # rank 0 has written the feature cache; the other ranks read it
     store = store or store_now()
     feature_s = time.perf_counter() - t0
 
-    in_dims = {m: (ac.n_mels if m == "audio" else raw_towers[m].out_dim) for m in modalities}
+    in_dims = {m: (ac.n_mels if m == "audio" else store.feats[m].shape[1] if m == GIVEN else raw_towers[m].out_dim)
+               for m in modalities}
     spec.update({"modalities": modalities, "in_dims": in_dims, "live": sorted(live), "hidden": ac.hidden,
                  "dim": ac.dim, "fusion": ac.fusion, "modality_dropout": ac.modality_dropout,
                  "dropout": ac.dropout, "mode": ac.mode})
     torch.manual_seed(cfg.seed)
-    model = build_model(spec, in_dims, live_towers)
+    model = build_model(spec, in_dims, live_towers).to(device)
 
-    key = hashlib.sha256(json.dumps({"align": cfg.to_dict()["align"], "seed": cfg.seed,
+    align_key = {k: v for k, v in cfg.to_dict()["align"].items() if k != "device"}  # resumable on any device
+    key = hashlib.sha256(json.dumps({"align": align_key, "seed": cfg.seed,
                                      "pairs": path_sha256(pairs_file),
                                      "items": path_sha256(run / "items.parquet")}, sort_keys=True).encode()).hexdigest()
     t1 = time.perf_counter()
     trainer = AlignTrainer(ac.epochs, ac.batch_size, ac.lr, ac.tower_lr, ac.weight_decay, ac.temperature,
-                           ac.learnable_temperature, seed=cfg.seed, progress=True)
+                           ac.learnable_temperature, seed=cfg.seed, progress=True, content_weight=ac.content_weight,
+                           content_temperature=ac.content_temperature, device=device)
     trainer.fit(model, store, trigger, target, weights, item_ids, checkpoint=align_dir / "checkpoint.pt",
                 checkpoint_key=key)
     train_s = time.perf_counter() - t1
@@ -146,7 +168,8 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     if rank != 0:
         return {}
 
-    aligned = embed_rows(model, store, progress=True)
+    aligned = embed_rows(model, store, progress=True, device=device)
+    model.to("cpu")  # encoder.pt loads anywhere
     raw = store.raw
     write_npy(run / "emb_raw.npy", raw)
     write_npy(run / "emb_aligned.npy", aligned)
@@ -160,7 +183,7 @@ def run_align(cfg: Config, run: RunDir) -> dict:
                      "loss_history": [round(x, 5) for x in trainer.loss_history_],
                      "temperature": trainer.temperature_, "feature_s": round(feature_s, 2),
                      "train_s": round(train_s, 2), "train_pairs_per_s": round(trainer.pairs_per_s_, 1),
-                     "world_size": world}
+                     "world_size": world_size, "device": str(device), "content_weight": ac.content_weight}
     metrics.update({"corrupt_image": 0, "corrupt_audio": 0})  # reported even when a modality is off
     metrics.update({k: int(v) for k, v in store.counts.items()})
     metrics["missing_text"] = metrics.pop("empty_text", 0)

@@ -35,9 +35,15 @@ class TextTower(nn.Module):
         self.hf, self.tokenizer, self.max_length = hf, tokenizer, max_length
         self.out_dim = int(hf.config.hidden_size)
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """texts -> input_ids, attention_mask int64 [n, L] (L = longest, at most max_length)."""
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+    def tokenize(self, texts: list[str], fixed: bool = False, length: int | None = None) -> dict[str, torch.Tensor]:
+        """texts -> input_ids, attention_mask int64 [n, L]: L = longest (at most max_length), or
+        exactly ``length`` (default max_length) with ``fixed``: the padded shape, hence an item's
+        feature bits, then never depend on which texts share its batch (docs/determinism.md)."""
+        if fixed:
+            enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=length or self.max_length,
+                                 return_tensors="pt")
+        else:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

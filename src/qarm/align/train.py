@@ -26,17 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from qarm.align.inputs import ItemStore
+from qarm.align.inputs import ItemStore, token_bucket
 from qarm.align.model import AlignModel
+from qarm.distributed import world as dist_world
 from qarm.errors import ConfigError
 from qarm.io import save_torch
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside ``torchrun``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def configure_towers(towers: dict[str, nn.Module], mode: str, unfreeze_blocks: int = 1, lora_r: int = 8,
@@ -96,9 +90,9 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, q_ids: torch.Tensor, k_id
     Returns (sum over rows of weight x loss, sum of weights over rows); the caller divides by the
     global weight sum.
     """
-    idx = torch.arange(len(q))[rows]
-    eye = torch.zeros(len(idx), len(q), dtype=torch.bool)
-    eye[torch.arange(len(idx)), idx] = True
+    idx = torch.arange(len(q), device=q.device)[rows]
+    eye = torch.zeros(len(idx), len(q), dtype=torch.bool, device=q.device)
+    eye[torch.arange(len(idx), device=q.device), idx] = True
     # false negatives: same positive item again, or the row's own item, in another column
     mask_qk = ((k_ids[None, :] == k_ids[idx, None]) | (k_ids[None, :] == q_ids[idx, None])) & ~eye
     mask_kq = ((q_ids[None, :] == q_ids[idx, None]) | (q_ids[None, :] == k_ids[idx, None])) & ~eye
@@ -107,6 +101,24 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, q_ids: torch.Tensor, k_id
     loss = 0.5 * (F.cross_entropy(logits_qk, idx, reduction="none") + F.cross_entropy(logits_kq, idx, reduction="none"))
     w = weights[idx]
     return (loss * w).sum(), w.sum()
+
+
+def content_loss(e: torch.Tensor, raw: torch.Tensor, rows: slice, temperature: float) -> torch.Tensor:
+    """Raw-similarity distillation, summed over ``rows``: KL(P_raw || P_aligned) of each row's in-batch
+    similarity distribution (softmax over the other 2B - 1 items of cosine / ``temperature``).
+
+    e: float [N, d] aligned (L2-normalised, with gradient); raw: float [N, d_raw] raw embeddings
+    (L2-normalised, no gradient) of the same N items. Keeps the raw content neighbourhoods that
+    behaviour pairs say nothing about (cold items have only content). Returns the sum over rows.
+    """
+    idx = torch.arange(len(e), device=e.device)[rows]
+    self_mask = torch.zeros(len(idx), len(e), dtype=torch.bool, device=e.device)
+    self_mask[torch.arange(len(idx), device=e.device), idx] = True
+    student = F.log_softmax((e[idx] @ e.T / temperature).masked_fill(self_mask, float("-inf")), dim=1)
+    teacher = F.softmax((raw[idx] @ raw.T / temperature).masked_fill(self_mask, float("-inf")), dim=1)
+    # KL per row; the masked self column has p = 0, so it contributes 0 (not 0 * -inf)
+    kl = torch.where(teacher > 0, teacher * (torch.log(teacher.clamp(min=1e-30)) - student), torch.zeros_like(teacher))
+    return kl.sum()
 
 
 def _gather(x: torch.Tensor, world: int) -> torch.Tensor:
@@ -119,23 +131,30 @@ def _gather(x: torch.Tensor, world: int) -> torch.Tensor:
 
 class AlignTrainer:
     """Trains an ``AlignModel`` on item-row pairs. Learned state: ``loss_history_``, ``temperature_``,
-    ``epochs_run_`` (epochs computed by this call; the rest came from the checkpoint), ``pairs_per_s_``."""
+    ``epochs_run_`` (epochs computed by this call; the rest came from the checkpoint), ``pairs_per_s_``.
+
+    ``content_weight`` > 0 adds ``content_loss`` (raw-similarity distillation at
+    ``content_temperature``) of the batch's 2B items to the contrastive loss; ``device``: where the
+    model and batches live (the caller moves the model there first)."""
 
     def __init__(self, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, tower_lr: float = 2e-5,
                  weight_decay: float = 0.01, temperature: float = 0.07, learnable_temperature: bool = True,
-                 seed: int = 0, progress: bool = True) -> None:
+                 seed: int = 0, progress: bool = True, content_weight: float = 0.0,
+                 content_temperature: float = 0.05, device: torch.device | str = "cpu") -> None:
         self.epochs, self.batch_size, self.lr, self.tower_lr = epochs, batch_size, lr, tower_lr
         self.weight_decay, self.temperature, self.learnable_temperature = weight_decay, temperature, learnable_temperature
         self.seed, self.progress = seed, progress
+        self.content_weight, self.content_temperature, self.device = content_weight, content_temperature, device
 
     def fit(self, model: AlignModel, store: ItemStore, trigger: np.ndarray, target: np.ndarray,
             weights: np.ndarray, item_ids: np.ndarray, checkpoint: Path | None = None,
             checkpoint_key: str = "") -> AlignTrainer:
         """trigger, target: int64 [P] item rows of ``store``; weights: float32 [P]; item_ids: int64 [n]
         (false-negative masking compares ids). Resumes from ``checkpoint`` when its key matches."""
-        rank, world = dist_info()
+        rank, world = dist_world()
+        device = torch.device(self.device)
         live = set(model.towers.keys())
-        log_scale = torch.tensor(math.log(1.0 / self.temperature))
+        log_scale = torch.tensor(math.log(1.0 / self.temperature), device=device)
         self.logit_scale_ = nn.Parameter(log_scale, requires_grad=self.learnable_temperature)
         lora_ids = {id(p) for n, p in model.named_parameters() if "lora_" in n}
         tower_params = [p for p in model.towers.parameters() if p.requires_grad and id(p) not in lora_ids]
@@ -147,11 +166,12 @@ class AlignTrainer:
         opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         net = model
         if world > 1:
-            net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
         self.loss_history_: list[float] = []
         start = 0
         if checkpoint is not None and checkpoint.is_file():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            state = torch.load(checkpoint, map_location=device, weights_only=False)
             if state.get("key") == checkpoint_key:
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
@@ -159,8 +179,9 @@ class AlignTrainer:
                     self.logit_scale_.copy_(state["logit_scale"])
                 self.loss_history_ = list(state["loss_history"])
                 start = int(state["epoch"])
-        ids = torch.tensor(np.asarray(item_ids, dtype=np.int64))
-        w_all = torch.tensor(np.asarray(weights, dtype=np.float32))
+        ids = torch.tensor(np.asarray(item_ids, dtype=np.int64), device=device)
+        w_all = torch.tensor(np.asarray(weights, dtype=np.float32), device=device)
+        raw_all = torch.from_numpy(store.raw) if self.content_weight > 0 else None
         n_pairs, t0, done = len(trigger), time.perf_counter(), 0
         self.epochs_run_ = 0
         for epoch in range(start, self.epochs):
@@ -178,24 +199,32 @@ class AlignTrainer:
                 per = len(batch) // world
                 local = batch[rank * per:(rank + 1) * per]
                 rows = np.concatenate([trigger[local], target[local]])
-                emb = net(store.batch(rows, live))
+                emb = net(to_device(store.batch(rows, live), device))
                 q, k = _gather(emb[:per], world), _gather(emb[per:], world)
                 q_ids, k_ids = ids[trigger[batch]], ids[target[batch]]
                 w = w_all[batch]
                 scale = self.logit_scale_.clamp(max=math.log(100.0)).exp()
-                loss_sum, _ = contrastive_loss(q, k, q_ids, k_ids, w, scale, slice(rank * per, (rank + 1) * per))
+                mine = slice(rank * per, (rank + 1) * per)
+                loss_sum, _ = contrastive_loss(q, k, q_ids, k_ids, w, scale, mine)
                 loss = loss_sum * world / w.sum().clamp(min=1e-12)  # DDP averages: global weighted mean
+                if raw_all is not None:
+                    # the batch's 2B items in global order (triggers then targets); this rank's rows of each half
+                    e = torch.cat([q, k])
+                    r = raw_all[np.concatenate([trigger[batch], target[batch]])].to(device)
+                    c = content_loss(e, r, mine, self.content_temperature) + content_loss(
+                        e, r, slice(len(batch) + rank * per, len(batch) + (rank + 1) * per), self.content_temperature)
+                    loss = loss + self.content_weight * c * world / (2 * len(batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * float(w.sum()) / world
                 total_w += float(w.sum())
                 done += len(batch)
-            epoch_loss = torch.tensor([total, total_w], dtype=torch.float64)
+            epoch_loss = torch.tensor([total, total_w], dtype=torch.float64, device=device)  # NCCL: on the GPU
             if world > 1:
                 dist.all_reduce(epoch_loss)
                 epoch_loss[1] /= world
-            self.loss_history_.append(float(epoch_loss[0] / max(float(epoch_loss[1]), 1e-12)))
+            self.loss_history_.append(float(epoch_loss[0].cpu()) / max(float(epoch_loss[1].cpu()), 1e-12))
             self.epochs_run_ += 1
             if checkpoint is not None and rank == 0:
                 save_torch(checkpoint, {"key": checkpoint_key, "epoch": epoch + 1, "model": model.state_dict(),
@@ -211,11 +240,37 @@ class AlignTrainer:
 
 @torch.no_grad()
 def embed_rows(model: AlignModel, store: ItemStore, rows: np.ndarray | None = None, batch_size: int = 256,
-               progress: bool = False) -> np.ndarray:
-    """Aligned embeddings of ``rows`` (default all) of ``store``: float32 [len(rows), dim], L2-normalised."""
+               progress: bool = False, device: torch.device | str | None = None) -> np.ndarray:
+    """Aligned embeddings of ``rows`` (default all) of ``store``: float32 [len(rows), dim], L2-normalised.
+
+    Batch-invariant: every forward pass has exactly ``batch_size`` rows (the last batch is padded
+    by repeating its first row) and a live text tower reads rows grouped by their own token bucket
+    (``token_bucket``), so a row's bits are the same whether it is encoded alone, in a subset or
+    with the whole catalogue (docs/determinism.md).
+    """
     rows = np.arange(len(store)) if rows is None else np.asarray(rows)
+    if device is None:  # where the model is
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.eval()
     live = set(model.towers.keys())
-    out = [model(store.batch(rows[a:a + batch_size], live)).numpy()
-           for a in tqdm(range(0, len(rows), batch_size), desc="encode aligned", unit="batch", disable=not progress)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.fusion.dim), dtype=np.float32)
+    out = np.zeros((len(rows), model.fusion.dim), dtype=np.float32)
+    if "text" in live:
+        mask = store.tokens["attention_mask"]
+        widths = token_bucket(mask[rows].sum(1), mask.shape[1])
+    else:
+        widths = np.zeros(len(rows), dtype=np.int64)
+    batches = [(w, grp[a:a + batch_size]) for w in np.unique(widths) for grp in [np.flatnonzero(widths == w)]
+               for a in range(0, len(grp), batch_size)]
+    for w, pos in tqdm(batches, desc="encode aligned", unit="batch", disable=not progress):
+        r = rows[pos]
+        padded = np.concatenate([r, np.full(batch_size - len(r), r[0], dtype=r.dtype)])
+        batch = store.batch(padded, live, text_width=int(w) if "text" in live else None)
+        out[pos] = model(to_device(batch, device))[:len(r)].float().cpu().numpy()
+    return out
+
+
+def to_device(batch, device: torch.device | str):
+    """``ItemStore.batch`` output (nested dicts of tensors) moved to ``device``."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch

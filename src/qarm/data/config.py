@@ -21,6 +21,13 @@ class SyntheticConfig:
     audio_seconds: float = 1.0
     audio_sample_rate: int = 8000
     with_audio: bool = True
+    business_mark_share: float = 0.8  # items whose content carries their business cluster's mark
+    # media: a PNG (and WAV) per item; embeddings: one float32 .npy of item vectors (topic + a quiet
+    # business direction), read by align.item_embeddings, for worlds of a million items
+    content: Literal["media", "embeddings"] = "media"
+    embedding_dim: int = 256
+    embedding_mark_weight: float = 0.25  # embeddings: length of the business direction (topic: 1)
+    embedding_noise: float = 1.0        # embeddings: length of the per-item noise
 
 
 @dataclass
@@ -35,6 +42,9 @@ class DataConfig:
     click_min_rating: float = 4.0  # movielens: click = rating >= this
     like_min_rating: float = 5.0   # movielens: like = rating >= this
     strict: bool = False           # true: a bad event row is an error instead of a counted skip
+    item_text_file: str = ""       # optional CSV/Parquet of extra item text joined on item id (relative: in path)
+    item_text_id_column: str = "item_id"                  # its item id column (plots.csv: movie_id)
+    item_text_columns: list[str] = field(default_factory=lambda: ["description"])  # its text columns
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -43,7 +43,7 @@ class RawMovieLens:
     layout: str
     root: Path
     items: pd.DataFrame     # item_id, title, category, description, tags, text, image
-    events: pd.DataFrame    # user_id, item_id, timestamp, rating (strings allowed: validated later)
+    events: pd.DataFrame | None  # user_id, item_id, timestamp, rating (strings allowed); None: not read
     items_file: str
     events_file: str
     extras: dict[str, str] = field(default_factory=dict)
@@ -96,9 +96,10 @@ def _read_double_colon(path: Path, names: list[str], what: str, text: bool) -> p
         raise DataError(f"cannot parse {what}: {exc}", file=str(path)) from None
 
 
-def load_ml100k(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def load_ml100k(folder: Path, read_events: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None, str, str]:
     ratings_file, items_file = folder / "u.data", folder / "u.item"
-    events = _read(ratings_file, "ratings", sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"])
+    events = _read(ratings_file, "ratings", sep="\t", header=None,
+                   names=["user_id", "item_id", "rating", "timestamp"]) if read_events else None
     items = _read(items_file, "items", sep="|", header=None, encoding="latin-1", quoting=3,
                   names=["item_id", "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES],
                   dtype={g: "Int8" for g in ML100K_GENRES})
@@ -118,9 +119,10 @@ def _join_flags(flags: np.ndarray, names: np.ndarray, index: pd.Index) -> pd.Ser
     return out
 
 
-def load_ml1m(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def load_ml1m(folder: Path, read_events: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None, str, str]:
     ratings_file, items_file = folder / "ratings.dat", folder / "movies.dat"
-    events = _read_double_colon(ratings_file, ["user_id", "item_id", "rating", "timestamp"], "ratings", text=False)
+    events = _read_double_colon(ratings_file, ["user_id", "item_id", "rating", "timestamp"], "ratings",
+                                text=False) if read_events else None
     items = _read_double_colon(items_file, ["item_id", "title", "genres"], "movies", text=True)
     out = pd.DataFrame({"item_id": items["item_id"], "title": items["title"], "category": _genres(items["genres"])})
     return out, events, str(items_file), str(ratings_file)
@@ -131,11 +133,13 @@ def _genres(s: pd.Series) -> pd.Series:
     return g.str.replace("|", ", ", regex=False).astype(object)
 
 
-def load_csv_layout(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def load_csv_layout(folder: Path, read_events: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None, str, str]:
     ratings_file, items_file = folder / "ratings.csv", folder / "movies.csv"
-    events = _read(ratings_file, "ratings", engine="c")
-    require_columns(events, ["userId", "movieId", "rating", "timestamp"], str(ratings_file), "ratings.csv")
-    events = events.rename(columns={"userId": "user_id", "movieId": "item_id"})
+    events = None
+    if read_events:
+        events = _read(ratings_file, "ratings", engine="c")
+        require_columns(events, ["userId", "movieId", "rating", "timestamp"], str(ratings_file), "ratings.csv")
+        events = events.rename(columns={"userId": "user_id", "movieId": "item_id"})
     items = _read(items_file, "movies", dtype=str, keep_default_na=False)
     require_columns(items, ["movieId", "title", "genres"], str(items_file), "movies.csv")
     out = pd.DataFrame({"item_id": items["movieId"], "title": items["title"], "category": _genres(items["genres"])})
@@ -196,12 +200,15 @@ def _find_extra(root: Path, folder: Path, name: str) -> Path | None:
     return None
 
 
-def load_movielens(path: str | Path) -> RawMovieLens:
-    """Read a MovieLens copy in any official layout, with posters / IMDb details when present."""
+def load_movielens(path: str | Path, read_events: bool = True) -> RawMovieLens:
+    """Read a MovieLens copy in any official layout, with posters / IMDb details when present.
+
+    ``read_events=False`` leaves ``events`` None (engine=spark reads the ratings file itself).
+    """
     root = Path(path).resolve()
     layout, folder = detect_layout(root)
     loader = {"ml-100k": load_ml100k, "ml-1m": load_ml1m, "csv": load_csv_layout}[layout]
-    items, events, items_file, events_file = loader(folder)
+    items, events, items_file, events_file = loader(folder, read_events)
     n = len(items)
     items = items.reset_index(drop=True)
     for col in ("title", "category", "tags", "description"):

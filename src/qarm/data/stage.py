@@ -20,6 +20,7 @@ import pyarrow as pa
 from qarm.config import Config
 from qarm.data.config import DataConfig
 from qarm.data.files import read_table, resolve_file
+from qarm.data.item_text import apply_item_text
 from qarm.data.items import build_items
 from qarm.data.schema import ITEMS_SCHEMA, SPLITS, validate_events
 from qarm.data.split import check_split_config, split_events
@@ -50,14 +51,16 @@ def _load_movielens(cfg: DataConfig, skipped: Counter, show_progress: bool) -> t
         raise ConfigError("data.path: the MovieLens folder is required for source=movielens "
                           "(e.g. --set data.path=../shared/data/movielens-100k)")
     raw = load_movielens(Path(cfg.path))
-    items = build_items(raw.items, file=raw.items_file, media_base=raw.root, skipped=skipped,
+    text_info: dict = {}
+    raw_items = apply_item_text(raw.items, cfg, skipped, text_info)  # data.item_text_file, when set
+    items = build_items(raw_items, file=raw.items_file, media_base=raw.root, skipped=skipped,
                         show_progress=show_progress)
     events = movielens_labels(raw.events, cfg.label_columns, cfg.click_min_rating, cfg.like_min_rating,
                               raw.events_file)
     events = validate_events(events, items["item_id"].to_numpy(), cfg.label_columns, file=raw.events_file,
                              skipped=skipped, strict=cfg.strict)
     source = {"source": "movielens", "layout": raw.layout, "path": str(Path(cfg.path).resolve()),
-              "items_file": raw.items_file, "events_file": raw.events_file, **raw.extras}
+              "items_file": raw.items_file, "events_file": raw.events_file, **raw.extras, **text_info}
     return items, events, source
 
 
@@ -65,12 +68,14 @@ def _load_files(cfg: DataConfig, skipped: Counter, show_progress: bool) -> tuple
     if not cfg.items_file or not cfg.events_file:
         raise ConfigError("data.items_file and data.events_file are required for source=files")
     items_path, events_path = resolve_file(cfg.items_file, cfg.path), resolve_file(cfg.events_file, cfg.path)
-    raw_items = read_table(items_path, "items")
+    text_info: dict = {}
+    raw_items = apply_item_text(read_table(items_path, "items"), cfg, skipped, text_info)
     items = build_items(raw_items, file=str(items_path), media_base=items_path.parent, skipped=skipped,
                         show_progress=show_progress)
     events = validate_events(read_table(events_path, "events"), items["item_id"].to_numpy(), cfg.label_columns,
                              file=str(events_path), skipped=skipped, strict=cfg.strict)
-    source = {"source": "files", "items_file": str(items_path.resolve()), "events_file": str(events_path.resolve())}
+    source = {"source": "files", "items_file": str(items_path.resolve()), "events_file": str(events_path.resolve()),
+              **text_info}
     return items, events, source
 
 
@@ -163,6 +168,10 @@ def prepare_metrics(p: Prepared) -> dict[str, Any]:
 
 def run_prepare(cfg: Config, run: RunDir) -> dict[str, Any]:
     """Stage entry point: writes items.parquet, events.parquet, data/; returns the prepare figures."""
+    if cfg.engine.name == "spark":  # same artifacts, computed with PySpark DataFrames (qarm.engine)
+        from qarm.engine.spark_prepare import prepare_spark
+
+        return prepare_spark(cfg, run)
     data_dir = run.subdir("data")
     p = prepare(cfg, data_dir)
     if p.ground_truth is not None:

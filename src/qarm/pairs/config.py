@@ -18,7 +18,16 @@ class PairsConfig:
     u2i_batch_size: int = 512
     u2i_lr: float = 0.003
     u2i_temperature: float = 0.05
-    u2i_logq: bool = True
+    u2i_logq: bool = True          # subtract log(expected appearances in a batch) from each candidate's logit
+    u2i_item_bias: bool = True     # learned per-item bias (the popularity prior) in the retrieval score
+    u2i_recency: bool = True       # learned per-position bias on the history pooling weights (time decay)
+    u2i_user_dropout: float = 0.1  # share of training events whose user id is replaced by "unknown user"
+    u2i_negatives: int = 0         # extra sampled negatives per batch (mixed negatives), drawn ~ count ** alpha
+    u2i_neg_alpha: float = 0.0     # 0: uniform over trained items, 1: by popularity
+    u2i_history_gap: int = 0       # training histories end a random 0..gap positives before the target
+    u2i_score_temperature: float = 0.15  # retrieval score = cosine / this + item bias (docs/pairs.md)
+    u2i_weight_decay: float = 0.0
+    device: str = "auto"           # auto | cpu | cuda | cuda:N (qarm.distributed.resolve_device)
     # trigger mining
     trigger_window: int = 50       # latest positives strictly before the target that may be its trigger
     trigger_min_score: float = -1.0  # keep trigger pairs with cosine above this (-1: all)

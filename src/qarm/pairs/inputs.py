@@ -8,11 +8,13 @@ merely useless (duplicate events, users with one positive, items never positive)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from qarm.errors import DataError
+from qarm.lookup import IdIndex
 
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "split")
 
@@ -30,15 +32,30 @@ class Positives:
 def catalogue_rows(items: pd.DataFrame, item_ids: np.ndarray, file: str, row_offset: np.ndarray | None = None
                    ) -> np.ndarray:
     """Row of each item id in items.parquet (sorted by item_id). Unknown ids are a DataError."""
-    catalogue = items["item_id"].to_numpy(dtype=np.int64)
-    pos = np.minimum(np.searchsorted(catalogue, item_ids), max(len(catalogue) - 1, 0))
-    bad = np.flatnonzero(catalogue[pos] != item_ids) if len(catalogue) else np.arange(len(item_ids))
+    index = IdIndex(items["item_id"].to_numpy(dtype=np.int64), assume_sorted=True)
+    pos, found = index.find(item_ids)
+    bad = np.flatnonzero(~found)
     if len(bad):
         row = int(bad[0] if row_offset is None else row_offset[bad[0]])
         raise DataError(f"item_id {int(item_ids[bad[0]])} is not in items.parquet "
                         f"({len(bad)} such events); every event's item must be in the catalogue",
                         file=file, row=row, column="item_id")
-    return pos.astype(np.int64)
+    return pos
+
+
+def read_events(path: str | Path, label: str) -> pd.DataFrame:
+    """The columns of events.parquet the pairs stage reads (``EVENT_COLUMNS`` + ``label``), nothing else;
+    ``split`` stays dictionary-encoded (a categorical), not one Python string per row.
+    A missing column is a DataError naming the file and the columns it has."""
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetDataset(path).schema.names  # one file, or a folder of part files (engine=spark)
+    for col in (*EVENT_COLUMNS, label):
+        if col not in names:
+            hint = " (set pairs.label to one of the label columns)" if col == label else ""
+            raise DataError(f"missing column{hint}; has {', '.join(names)}", file=str(path), column=col)
+    table = pq.read_table(path, columns=list(dict.fromkeys((*EVENT_COLUMNS, label))), read_dictionary=["split"])
+    return table.to_pandas()
 
 
 def validate(items: pd.DataFrame, events: pd.DataFrame, label: str, items_file: str, events_file: str) -> None:
@@ -73,7 +90,7 @@ def load_positives(items: pd.DataFrame, events: pd.DataFrame, label: str, split:
                    events_file: str) -> Positives:
     """Positive events of ``split``, exact duplicates (user, item, timestamp) dropped and counted."""
     validate(items, events, label, items_file, events_file)
-    mask = (events["split"].to_numpy() == split) & (events[label].to_numpy() == 1)
+    mask = (events["split"] == split).to_numpy(dtype=bool) & (events[label].to_numpy() == 1)
     rows = np.flatnonzero(mask)
     user = events["user_id"].to_numpy(dtype=np.int64)[rows]
     item_id = events["item_id"].to_numpy(dtype=np.int64)[rows]

@@ -13,13 +13,15 @@ import pandas as pd
 import pyarrow as pa
 
 from qarm.config import Config
+from qarm.distributed import check_device, init_distributed, resolve_device, world
 from qarm.errors import ConfigError
 from qarm.io import path_sha256, read_parquet, write_npy, write_parquet
-from qarm.pairs.inputs import Positives, load_positives
+from qarm.pairs.history import Histories
+from qarm.pairs.inputs import Positives, load_positives, read_events
 from qarm.pairs.quality import business_agreement
 from qarm.pairs.swing import Swing
 from qarm.pairs.triggers import mine_triggers
-from qarm.pairs.twotower import U2IRetriever, recall_at_k
+from qarm.pairs.twotower import U2IRetriever, recall_hits
 from qarm.runner import RunDir
 
 SOURCES = ("u2i", "i2i")
@@ -29,23 +31,33 @@ PAIRS_SCHEMA = pa.schema([("trigger_id", pa.int64()), ("target_id", pa.int64()),
 
 
 def run_pairs(cfg: Config, run: RunDir) -> dict:
+    if cfg.engine.name == "spark":  # same artifacts, computed with PySpark DataFrames (qarm.engine)
+        from qarm.engine.spark_pairs import pairs_spark
+
+        return pairs_spark(cfg, run)
     pc = cfg.pairs
     bad = [s for s in pc.sources if s not in SOURCES]
     if bad or not pc.sources:
         raise ConfigError(f"pairs.sources: {bad[0] if bad else 'empty'!r} is not a pair source; "
                           f"choose from {', '.join(SOURCES)}")
-    items, events = run.items(), run.events()
+    check_device(pc.device, "pairs.device")
     items_file, events_file = str(run / "items.parquet"), str(run / "events.parquet")
+    # only the columns this stage reads; the full pandas table is never built
+    items, events = run.items(), read_events(events_file, pc.label)
     train = load_positives(items, events, pc.label, "train", items_file, events_file)
     valid = load_positives(items, events, pc.label, "valid", items_file, events_file)
+    del events
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     metrics: dict = {"n_items": len(items), **train.counts}
 
     # U2I: always trained (its item embedding is an artifact of this stage), pairs only if asked
-    u2i = U2IRetriever(len(items), pc.u2i_dim, pc.u2i_history, pc.u2i_epochs, pc.u2i_batch_size, pc.u2i_lr,
-                       pc.u2i_temperature, pc.u2i_logq, pc.u2i_pooling, seed=cfg.seed)
+    device = resolve_device(pc.device, "pairs.device")
+    init_distributed(device)  # under torchrun: every rank trains on its shard of each batch (DDP)
+    u2i = make_u2i(cfg, len(items), device)
     key = f"{cfg.section_hash(['pairs'])}:{path_sha256(run / 'events.parquet')}"
     u2i.fit(train.user, train.item, train.time, checkpoint=run.subdir("pairs") / "u2i_model.pt", checkpoint_key=key)
+    if world()[0] != 0:
+        return {}  # the other ranks only helped train; rank 0 mines, evaluates and writes
     emb = u2i.item_embeddings()
     write_npy(run / "pairs" / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
@@ -82,6 +94,17 @@ def run_pairs(cfg: Config, run: RunDir) -> dict:
     return metrics
 
 
+def make_u2i(cfg: Config, n_items: int, device) -> U2IRetriever:
+    """The U2I model ``cfg.pairs`` describes (both engines build it here, so they train the same model)."""
+    pc = cfg.pairs
+    return U2IRetriever(n_items, dim=pc.u2i_dim, history=pc.u2i_history, epochs=pc.u2i_epochs,
+                        batch_size=pc.u2i_batch_size, lr=pc.u2i_lr, temperature=pc.u2i_temperature, logq=pc.u2i_logq,
+                        pooling=pc.u2i_pooling, item_bias=pc.u2i_item_bias, recency=pc.u2i_recency,
+                        user_dropout=pc.u2i_user_dropout, n_negatives=pc.u2i_negatives, neg_alpha=pc.u2i_neg_alpha,
+                        history_gap=pc.u2i_history_gap, score_temperature=pc.u2i_score_temperature,
+                        weight_decay=pc.u2i_weight_decay, device=str(device), seed=cfg.seed)
+
+
 def _table(trigger: np.ndarray, target: np.ndarray, source: str, score: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"trigger_id": trigger.astype(np.int64), "target_id": target.astype(np.int64),
                          "source": source, "score": score.astype(np.float32)})
@@ -101,31 +124,28 @@ def dedupe_unordered(pairs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return out.drop(columns=["_src", "_lo", "_hi"]).reset_index(drop=True), int(len(pairs) - len(out))
 
 
-def _recall(u2i: U2IRetriever, train: Positives, valid: Positives) -> dict:
+def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, block: int = 1024) -> dict:
     """Recall@k of each user's first valid positive over the whole catalogue, two-tower vs popularity.
 
     The user tower sees the user's latest training positives; both rankers exclude the user's
-    training positives (never the target).
+    training positives (never the target). Users are scored ``block`` at a time: memory is
+    O(block x items), never a users x items matrix.
     """
     if len(valid.user) == 0:
         return {"n_valid_users": 0}
     order = np.lexsort((valid.time, valid.user))
     first = order[np.r_[True, valid.user[order][1:] != valid.user[order][:-1]]]
     users, targets = valid.user[first], valid.item[first]
-    by_user = np.lexsort((train.time, train.user))
-    t_user, t_item = train.user[by_user], train.item[by_user]
-    lo = np.searchsorted(t_user, users, side="left")
-    hi = np.searchsorted(t_user, users, side="right")
-    seen = [t_item[a:b] for a, b in zip(lo, hi)]
-    h = u2i.history
-    hist = np.full((len(users), h), -1, dtype=np.int64)
-    idx = hi[:, None] - h + np.arange(h)
-    ok = idx >= np.maximum(lo, hi - h)[:, None]
-    hist[ok] = t_item[idx[ok]]
-    scores = u2i.user_embeddings(users, hist) @ u2i.item_embeddings().T
-    model = recall_at_k(scores, targets, seen, RECALL_KS)
-    pop = recall_at_k(np.broadcast_to(u2i.item_counts_.astype(np.float32), scores.shape), targets, seen, RECALL_KS)
-    out = {"n_valid_users": int(len(users))}
-    out.update({f"u2i_recall@{k}": v for k, v in model.items()})
-    out.update({f"popularity_recall@{k}": v for k, v in pop.items()})
+    hist = Histories.build(train.user, train.item, train.time, u2i.history)
+    seen, seen_indptr = hist.seen(users)
+    score = u2i.scorer()
+    model = recall_hits(lambda rows: score(users[rows], hist.latest(users[rows])), targets, seen, seen_indptr,
+                        RECALL_KS, block)
+    counts = u2i.item_counts_.astype(np.float32)
+    pop = recall_hits(lambda rows: np.broadcast_to(counts, (rows.stop - rows.start, len(counts))), targets, seen,
+                      seen_indptr, RECALL_KS, block)
+    n = len(users)
+    out = {"n_valid_users": int(n)}
+    out.update({f"u2i_recall@{k}": v / n for k, v in model.items()})
+    out.update({f"popularity_recall@{k}": v / n for k, v in pop.items()})
     return out

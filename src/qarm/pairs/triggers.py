@@ -15,37 +15,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from tqdm.auto import tqdm
 
-
-def sort_by_user_time(user: np.ndarray, time: np.ndarray) -> np.ndarray:
-    """Stable order of events by (user, time). user, time: int [n]. Returns int64 [n]."""
-    return np.lexsort((time, user)).astype(np.int64)
-
-
-def window_bounds(user: np.ndarray, time: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate slice of every event, for events already sorted by (user, time).
-
-    user, time: int [n] sorted. Returns (lo int64 [n], hi int64 [n]): the event's candidates are
-    positions ``lo .. hi-1``: the user's latest ``window`` events with a timestamp strictly before it.
-    """
-    n = len(user)
-    pos = np.arange(n, dtype=np.int64)
-    new_user = np.r_[True, user[1:] != user[:-1]] if n else np.zeros(0, dtype=bool)
-    new_time = new_user | (np.r_[True, time[1:] != time[:-1]] if n else new_user)
-    user_start = np.maximum.accumulate(np.where(new_user, pos, 0)) if n else pos
-    hi = np.maximum.accumulate(np.where(new_time, pos, 0)) if n else pos
-    return np.maximum(user_start, hi - window), hi
-
-
-def padded_windows(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: int,
-                   pad: int = -1) -> np.ndarray:
-    """values[lo:hi] of every row, right-aligned (latest last) in a [n, width] matrix.
-
-    values: [N]; lo, hi: int [n] with hi - lo <= width. Returns values.dtype [n, width], ``pad`` where empty.
-    """
-    idx = hi[:, None] - width + np.arange(width)
-    valid = idx >= lo[:, None]
-    out = np.where(valid, values[np.where(valid, idx, 0)] if len(values) else pad, pad)
-    return out.astype(values.dtype, copy=False)
+# the history helpers live with the CSR histories; re-exported here, where callers have found them
+from qarm.pairs.history import Histories, padded_windows, sort_by_user_time, window_bounds  # noqa: F401
 
 
 def mine_triggers(user: np.ndarray, item: np.ndarray, time: np.ndarray, emb: np.ndarray, window: int = 50,
@@ -67,9 +38,9 @@ def mine_triggers(user: np.ndarray, item: np.ndarray, time: np.ndarray, emb: np.
     user, item, time = (np.asarray(a, dtype=np.int64) for a in (user, item, time))
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     n, d = len(user), emb.shape[1]
-    order = sort_by_user_time(user, time)
-    s_item = item[order]
-    lo, hi = window_bounds(user[order], time[order], window)
+    hist = Histories.build(user, item, time, window)   # the CSR layout: candidates are hist.lo .. hist.hi-1
+    order, s_item = hist.order, hist.items.astype(np.int64)
+    lo, hi = hist.lo.astype(np.int64), hist.hi.astype(np.int64)
     # same-second events sit between an event and its window: the band widens by that many rows
     reach = window + (np.arange(n) - hi)
     w_max = int(reach.max()) if n else window

@@ -33,7 +33,9 @@ class CodeAssigner:
         if meta is None:
             raise StageInputError(f"{quant / 'quantize.json'} is missing: run the 'quantize' stage first "
                                   f"(qarm quantize CONFIG --out {run_dir})")
-        return cls(VQCoder.load(quant), RQKMeans.load(quant), meta.get("embedding", "emb_aligned.npy"))
+        from qarm.quant.fsq import load_quantizer  # RQ-Kmeans or Res-Kmeans-FSQ, as the run fitted it
+
+        return cls(VQCoder.load(quant), load_quantizer(quant), meta.get("embedding", "emb_aligned.npy"))
 
     def assign(self, emb: np.ndarray, item_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """emb float32 [n, dim] -> (vq int32 [n, K], rq int32 [n, L]).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,44 @@ class EmbeddingError(DataError):
 
 class QuantizeError(QarmError):
     """A quantiser was asked for something its data or state cannot give (K larger than the pool, unfitted model)."""
+
+
+class ParamsMixin:
+    """``get_params`` / ``set_params`` read off the constructor's signature, which is all
+    ``sklearn.base.clone`` needs (without importing scikit-learn into the transform path).
+
+    Subclasses store every constructor argument untouched under its own name and validate in ``fit``.
+    """
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> ParamsMixin:
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; valid: {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or a QuantizeError naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise QuantizeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise QuantizeError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+    return value
 
 
 def _name_rows(rows: np.ndarray, ids: Sequence[int] | np.ndarray | None, offset: int, limit: int = 10) -> str:

@@ -32,3 +32,9 @@ class QuantizeConfig:
     rq_balance_candidates: int = 32  # balanced: last-level codes considered per item when spreading
     rq_balance_rounds: int = 30     # balanced: price-update rounds
     rq_chunk_size: int = 16384      # rows per transform chunk
+    # RQ method: "kmeans" (every level residual k-means) or "fsq" (Res-Kmeans-FSQ, QARM V2: the last level
+    # is finite scalar quantisation of the residual; rq_sizes[-1] must equal prod(rq_fsq_levels))
+    rq_method: Literal["kmeans", "fsq"] = "kmeans"
+    rq_fsq_levels: list[int] = field(default_factory=list)  # values per FSQ dimension; [] = auto (32 -> 4,4,2)
+    rq_fsq_epochs: int = 300        # fsq: straight-through training epochs over the fitted items
+    rq_fsq_lr: float = 0.01         # fsq: Adam learning rate

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qarm.io import atomic_path
 from qarm.quant.checks import EmbeddingError
+from qarm.quant.schema import codes_table
 
 
 def iter_embedding_batches(path: str | Path, column: str = "embedding", batch_rows: int = 65536,
@@ -58,18 +60,12 @@ def code_parquet_catalogue(rq, in_path: str | Path, out_path: str | Path, *, col
     Writes ``out_path`` (item_id, rq list<int32>[, vq list<int32>]) one row group per batch, atomically, so
     neither the embeddings nor the codes of the whole catalogue are ever in memory. Returns the row count.
     """
-    from qarm.io import atomic_path
-    from qarm.quant.stage import codes_table
-
     n = 0
     writer = None
     with atomic_path(out_path) as tmp:
         for ids, emb in iter_embedding_batches(in_path, column, batch_rows, with_ids=id_column):
             rq_codes = next(rq.transform_batches(iter([emb])))
-            vq_codes = vq.transform(emb, item_ids=ids) if vq is not None else np.empty((len(ids), 0), np.int32)
-            table = codes_table(ids, vq_codes, rq_codes)
-            if vq is None:
-                table = table.drop(["vq"])
+            table = codes_table(ids, None if vq is None else vq.transform(emb, item_ids=ids), rq_codes)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)

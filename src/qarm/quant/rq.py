@@ -7,7 +7,9 @@ centroids)`` over its items, which lowers the error greedy level-by-level traini
 
 ``balanced=True`` adds capacity-capped last-level assignment (``qarm.quant.balance``): sparse prices
 that push items out of over-full full codes at a bounded error cost. The transform stays one GEMM +
-argmin per level; the prices are a lookup added before the last argmin.
+argmin per level; the prices are one gathered row per item (dense price rows of the priced prefixes),
+added before the last argmin. Products run in fixed-row blocks, so an item's codes are the same alone,
+in a request or in the whole catalogue.
 """
 
 from __future__ import annotations
@@ -23,31 +25,91 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from qarm.io import read_json, read_npy, write_json, write_npy
+from qarm.lookup import IdIndex
 from qarm.quant.balance import add_prices, fit_prices
-from qarm.quant.checks import QuantizeError, check_embeddings
+from qarm.quant.checks import ParamsMixin, QuantizeError, check_choice, check_embeddings, check_int
 from qarm.quant.kmeans import NearestCentroid, fit_kmeans
+from qarm.quant.parquet import iter_embedding_batches
+
+
+GEMM_ROWS = 1024  # rows per fixed-shape GEMM block (see fixed_rows_matmul)
+
+
+def fixed_rows_matmul(a: np.ndarray, b: np.ndarray, rows: int = GEMM_ROWS) -> np.ndarray:
+    """a float32 [n, k] @ b float32 [k, m] -> [n, m], computed in blocks of exactly ``rows`` rows (the
+    last one zero-padded). BLAS chooses kernels and blocking by shape, so in one plain GEMM a row's
+    bits depend on how many rows share the call; with one fixed shape an item gets the same scores,
+    hence the same codes, alone, in a request of 7 or in the whole catalogue (docs/determinism.md)."""
+    n = a.shape[0]
+    out = np.empty((n, b.shape[1]), np.result_type(a.dtype, b.dtype))
+    for s in range(0, n, rows):
+        if s + rows <= n:
+            np.matmul(a[s:s + rows], b, out=out[s:s + rows])
+        else:
+            blk = np.zeros((rows, a.shape[1]), a.dtype)
+            blk[:n - s] = a[s:]
+            out[s:] = (blk @ b)[:n - s]
+    return out
 
 
 class _Plan:
-    """Per-level transform matrices: centroids float32 [K, d] and [-2 C^T; ||c||^2] float32 [d + 1, K]."""
+    """What the transform multiplies and gathers, prepared once per call.
 
-    def __init__(self, codebooks: list[np.ndarray]) -> None:
+    ``mats``: per level [-2 C^T; ||c||^2] float32 [d + 1, K]; ``aug``: per level [C, 0] float32 [K, d + 1]
+    (the residual update runs on the augmented rows, contiguous, and leaves their constant 1 column as is).
+
+    With prices (``price_keys`` int64 [p] sorted, ``price_values`` float32 [p]) it also holds them as dense
+    rows, so pricing a chunk is one gather and one add instead of a scatter per priced code:
+    ``price_rows`` float32 [q + 1, K_last] (row q all zeros, for prefixes without prices) and the prefix
+    -> row map (``prefix_rows`` int32 [prod(sizes[:-1])] when that is small, else a sorted
+    ``price_prefixes`` int64 [q] to search). Rows stay sparse (``price_rows`` None) when the table would
+    exceed ``max_table_bytes`` or dwarf a small request of ``n_rows``.
+    """
+
+    def __init__(self, codebooks: list[np.ndarray], price_keys: np.ndarray | None = None,
+                 price_values: np.ndarray | None = None, n_rows: int = 0,
+                 max_table_bytes: int = 256 << 20) -> None:
         self.centroids = [np.ascontiguousarray(C, dtype=np.float32) for C in codebooks]
         self.mats = [np.ascontiguousarray(np.vstack([-2.0 * C.T, np.einsum("ij,ij->i", C, C)[None, :]]),
                                           dtype=np.float32) for C in self.centroids]
+        self.aug = [np.hstack([C, np.zeros((len(C), 1), np.float32)]) for C in self.centroids]
+        self.price_rows: np.ndarray | None = None
+        self.price_prefixes: IdIndex | None = None
+        self.prefix_rows: np.ndarray | None = None
+        if price_keys is None or not price_keys.size:
+            return
+        k = len(self.centroids[-1])
+        prefixes, inverse = np.unique(price_keys // k, return_inverse=True)
+        q = len(prefixes)
+        if (q + 1) * k * 4 > max_table_bytes or q > 4 * max(n_rows, 1):
+            return
+        rows = np.zeros((q + 1, k), np.float32)
+        rows[inverse.ravel(), price_keys % k] = price_values
+        self.price_rows, self.price_prefixes = rows, IdIndex(prefixes, assume_sorted=True, name="code prefix")
+        n_prefix = int(np.prod([len(C) for C in self.centroids[:-1]], dtype=np.float64))
+        if n_prefix <= 4 * max(n_rows, q, 1) and n_prefix <= 1 << 22:
+            self.prefix_rows = np.full(n_prefix, q, np.int32)
+            self.prefix_rows[prefixes] = np.arange(q, dtype=np.int32)
+
+    def price_row(self, prefix: np.ndarray) -> np.ndarray:
+        """prefix int64 [b] -> row of ``price_rows`` [b] (the zero row q for unpriced prefixes)."""
+        if self.prefix_rows is not None:
+            return self.prefix_rows[prefix]
+        return self.price_prefixes.rows(prefix, missing=len(self.price_prefixes))
 
 
-class RQKMeans:
-    """Residual k-means quantiser (scikit-learn style).
+class RQKMeans(ParamsMixin):
+    """Residual k-means quantiser (scikit-learn style: parameters stored as given, checked in ``fit``;
+    ``sklearn.base.clone`` works).
 
     Parameters: ``sizes`` codes per level; ``n_iter`` Lloyd iterations; ``n_init`` restarts per level;
     ``init`` "kmeans++" or "random"; ``max_train_points`` k-means sample (0 = all); ``refine_rounds``;
     ``balanced`` and its ``balance_budget`` (max extra squared error per item as a share of the mean
     error), ``balance_candidates`` and ``balance_rounds``; ``chunk_size`` rows per transform chunk;
-    ``n_threads`` transform threads (0 = all cores); ``seed``.
+    ``n_threads`` transform threads (0 = all cores); ``seed``; ``verbose`` (progress bars).
 
     Learned: ``codebooks_`` list of float32 [K_l, dim]; ``price_keys_`` int64 [p], ``price_values_``
-    float32 [p] (balanced); ``dim_``; ``fit_mse_`` mean squared error on the fitted items.
+    float32 [p] (balanced); ``dim_``.
     """
 
     def __init__(self, sizes: Sequence[int] = (256, 256, 256), *, n_iter: int = 25, n_init: int = 1,
@@ -55,18 +117,41 @@ class RQKMeans:
                  balanced: bool = True, balance_budget: float = 0.2, balance_candidates: int = 32,
                  balance_rounds: int = 30, chunk_size: int = 8192, n_threads: int = 0, seed: int = 0,
                  verbose: bool = False) -> None:
-        self.sizes = [int(k) for k in sizes]
-        self.n_iter, self.n_init, self.init = n_iter, n_init, init
-        self.max_train_points, self.refine_rounds = max_train_points, refine_rounds
-        self.balanced, self.balance_budget = balanced, balance_budget
-        self.balance_candidates, self.balance_rounds = balance_candidates, balance_rounds
-        self.chunk_size, self.n_threads, self.seed, self.verbose = chunk_size, n_threads, seed, verbose
-        if not self.sizes or min(self.sizes) < 1:
-            raise QuantizeError(f"rq_sizes must be a non-empty list of positive code counts, got {list(sizes)}")
+        self.sizes = sizes
+        self.n_iter = n_iter
+        self.n_init = n_init
+        self.init = init
+        self.max_train_points = max_train_points
+        self.refine_rounds = refine_rounds
+        self.balanced = balanced
+        self.balance_budget = balance_budget
+        self.balance_candidates = balance_candidates
+        self.balance_rounds = balance_rounds
+        self.chunk_size = chunk_size
+        self.n_threads = n_threads
+        self.seed = seed
+        self.verbose = verbose
+
+    def _validate_params(self) -> None:
+        sizes = list(self.sizes) if isinstance(self.sizes, (list, tuple, np.ndarray)) else None
+        if not sizes or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in sizes):
+            raise QuantizeError(f"rq_sizes must be a non-empty list of positive code counts, got {self.sizes!r}")
+        check_int(self.n_iter, "rq_iters", 1)
+        check_int(self.n_init, "rq_n_init", 1)
+        check_choice(self.init, "rq_init", ("kmeans++", "random"))
+        check_int(self.max_train_points, "rq_max_train_points", 0)
+        check_int(self.refine_rounds, "rq_refine_rounds", 0)
+        check_int(self.balance_candidates, "rq_balance_candidates", 1)
+        check_int(self.balance_rounds, "rq_balance_rounds", 0)
+        check_int(self.chunk_size, "rq_chunk_size", 1)
+        check_int(self.n_threads, "n_threads", 0)
+        if not np.isfinite(self.balance_budget) or self.balance_budget < 0:
+            raise QuantizeError(f"rq_balance_budget must be >= 0, got {self.balance_budget!r}")
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: np.ndarray) -> RQKMeans:
         """Fit codebooks (and balance prices) on X float32 [n, dim]."""
+        self._validate_params()
         X = check_embeddings(X, "RQKMeans.fit(X)", allow_zero=True)
         n, self.dim_ = X.shape
         rng = np.random.default_rng(self.seed)
@@ -165,8 +250,6 @@ class RQKMeans:
 
         Reads ``batch_rows`` rows at a time, so only the codes (L ints per item) are held for the whole file.
         """
-        from qarm.quant.parquet import iter_embedding_batches
-
         return np.concatenate(list(self.transform_batches(iter_embedding_batches(path, column, batch_rows))) or
                               [np.empty((0, len(self.sizes)), np.int32)])
 
@@ -179,12 +262,14 @@ class RQKMeans:
         """Codes int32 [n, L]; chunks run on ``n_threads`` threads with single-threaded BLAS each, so the
         argmin and residual updates run in parallel too (numpy releases the GIL in all of them)."""
         codes = np.empty((X.shape[0], len(self.sizes)), np.int32)
-        plan = _Plan(self.codebooks_)
+        plan = _Plan(self.codebooks_, self.price_keys_, self.price_values_, X.shape[0]) if prices else \
+            _Plan(self.codebooks_)
         starts = range(0, X.shape[0], self.chunk_size)
         threads = min(self.n_threads or os.cpu_count() or 1, len(starts))
 
         def work(s: int) -> None:
-            codes[s:s + self.chunk_size] = self._encode_chunk(X[s:s + self.chunk_size], len(self.sizes), prices, plan)[0]
+            codes[s:s + self.chunk_size] = self._encode_chunk(X[s:s + self.chunk_size], len(self.sizes), prices, plan,
+                                                              residual=False)[0]
 
         if threads <= 1:
             for s in starts:
@@ -195,28 +280,54 @@ class RQKMeans:
         return codes
 
     def _encode_chunk(self, chunk: np.ndarray, upto: int, prices: bool = False,
-                      plan: _Plan | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      plan: _Plan | None = None, residual: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Codes int32 [b, upto] of the first ``upto`` levels and the residual float32 [b, dim] they leave.
 
         One GEMM per level against [-2 C^T; ||c||^2]: the residual carries a constant 1 column, so the
         centroid norms come out of the same product and the scores need no extra pass before the argmin.
+        With ``residual=False`` the last level's residual update is skipped (the transform only needs codes)
+        and the returned residual is what the levels before it left.
         """
         plan = plan or _Plan(self.codebooks_)
         b, d = chunk.shape
         r_aug = np.empty((b, d + 1), np.float32)
         r_aug[:, :d] = chunk
         r_aug[:, d] = 1.0
-        r = r_aug[:, :d]
         codes = np.empty((b, upto), np.int32)
         last = len(self.sizes) - 1
         for level in range(upto):
-            sc = r_aug @ plan.mats[level]
+            sc = fixed_rows_matmul(r_aug, plan.mats[level])
             if prices and level == last and self.price_keys_.size:
-                add_prices(sc, self._prefix(codes[:, :last]), self.price_keys_, self.price_values_, self.sizes[-1])
-            a = sc.argmin(axis=1)
+                a = self._priced_argmin(sc, codes[:, :last], plan)
+            else:
+                a = sc.argmin(axis=1)
             codes[:, level] = a
-            r -= plan.centroids[level][a]
-        return codes, np.ascontiguousarray(r)
+            if residual or level < upto - 1:
+                np.subtract(r_aug, np.take(plan.aug[level], a, axis=0), out=r_aug)
+        return codes, np.ascontiguousarray(r_aug[:, :d])
+
+    def _priced_argmin(self, sc: np.ndarray, prefix_codes: np.ndarray, plan: _Plan) -> np.ndarray:
+        """argmin over codes of ``sc + price[prefix, code]`` per row: sc float32 [b, K] (overwritten),
+        prefix_codes int32 [b, L - 1] -> int64 [b].
+
+        Every priced score gets the same single float32 addition whichever way it is applied; unpriced
+        scores get + 0.0 (dense rows) or nothing (sparse), which leaves a finite float unchanged. So both
+        paths give the argmin of the plain "add every price, then argmin", bit for bit.
+        """
+        prefix = self._prefix(prefix_codes)
+        if plan.price_rows is not None:
+            sc += np.take(plan.price_rows, plan.price_row(prefix), axis=0)
+            return sc.argmin(axis=1)
+        # sparse prices (a request too small for the dense rows): prices are positive, so where a row's
+        # unpriced winner carries no price nothing can overtake it; only the other rows get priced
+        k = self.sizes[-1]
+        a = sc.argmin(axis=1)
+        rows = np.flatnonzero(IdIndex(self.price_keys_, assume_sorted=True, name="price key").contains(prefix * k + a))
+        if rows.size:
+            sub = sc[rows]
+            add_prices(sub, prefix[rows], self.price_keys_, self.price_values_, k)
+            a[rows] = sub.argmin(axis=1)
+        return a
 
     def _prefix(self, codes: np.ndarray) -> np.ndarray:
         """Codes of the first levels as one mixed-radix int64 per row (0 when there is no prefix)."""
@@ -244,7 +355,9 @@ class RQKMeans:
             write_npy(d / f"rq_codebook_{level}.npy", C)
         write_npy(d / "rq_price_keys.npy", self.price_keys_)
         write_npy(d / "rq_price_values.npy", self.price_values_)
-        write_json(d / "rq.json", {"params": self.get_params(), "dim": self.dim_})
+        params = {k: v for k, v in self.get_params().items() if k != "verbose"}  # how it ran, not what it is
+        params["sizes"] = [int(k) for k in self.sizes]
+        write_json(d / "rq.json", {"params": params, "dim": self.dim_})
 
     @classmethod
     def load(cls, directory: str | Path) -> RQKMeans:
@@ -259,15 +372,8 @@ class RQKMeans:
         model.price_values_ = read_npy(d / "rq_price_values.npy")
         return model
 
-    def get_params(self) -> dict:
-        return {"sizes": self.sizes, "n_iter": self.n_iter, "n_init": self.n_init, "init": self.init,
-                "max_train_points": self.max_train_points, "refine_rounds": self.refine_rounds,
-                "balanced": self.balanced, "balance_budget": self.balance_budget,
-                "balance_candidates": self.balance_candidates, "balance_rounds": self.balance_rounds,
-                "chunk_size": self.chunk_size, "n_threads": self.n_threads, "seed": self.seed}
-
     def __repr__(self) -> str:
-        return f"RQKMeans({json.dumps(self.get_params())})"
+        return f"RQKMeans({json.dumps(self.get_params(), default=str)})"
 
 
 def _mse(X: np.ndarray, Xhat: np.ndarray) -> float:

@@ -11,18 +11,24 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pyarrow as pa
 
 from qarm.config import Config
 from qarm.io import read_npy, write_json, write_parquet
 from qarm.quant.checks import EmbeddingError, check_embeddings
 from qarm.quant.config import QuantizeConfig
+from qarm.quant.fsq import ResKMeansFSQ
 from qarm.quant.metrics import rel_recon_errors, rq_metrics, vq_metrics
 from qarm.quant.rq import RQKMeans
+from qarm.quant.schema import codes_table  # noqa: F401  (re-exported: qarm.quant.stage.codes_table)
 from qarm.quant.vq import VQCoder
 
 
-def build_rq(q: QuantizeConfig, seed: int, verbose: bool = False) -> RQKMeans:
+def build_rq(q: QuantizeConfig, seed: int, verbose: bool = False) -> RQKMeans | ResKMeansFSQ:
+    if q.rq_method == "fsq":
+        return ResKMeansFSQ(q.rq_sizes, q.rq_fsq_levels, fsq_epochs=q.rq_fsq_epochs, fsq_lr=q.rq_fsq_lr,
+                            n_iter=q.rq_iters, n_init=q.rq_n_init, init=q.rq_init,
+                            max_train_points=q.rq_max_train_points, refine_rounds=q.rq_refine_rounds,
+                            chunk_size=q.rq_chunk_size, seed=seed, verbose=verbose)
     return RQKMeans(q.rq_sizes, n_iter=q.rq_iters, n_init=q.rq_n_init, init=q.rq_init,
                     max_train_points=q.rq_max_train_points, refine_rounds=q.rq_refine_rounds,
                     balanced=q.rq_balanced, balance_budget=q.rq_balance_budget,
@@ -34,14 +40,6 @@ def build_vq(q: QuantizeConfig, seed: int) -> VQCoder:
     return VQCoder(q.vq_k, pool=q.vq_pool, pool_size=q.vq_pool_size, metric=q.vq_metric, index=q.vq_index,
                    exclude_self=q.vq_exclude_self, hnsw_m=q.vq_hnsw_m, ef_search=q.vq_ef_search,
                    ivf_nlist=q.vq_ivf_nlist, nprobe=q.vq_nprobe, seed=seed)
-
-
-def codes_table(item_ids: np.ndarray, vq: np.ndarray, rq: np.ndarray) -> pa.Table:
-    """codes.parquet schema: item_id int64, vq list<int32> [K], rq list<int32> [L]."""
-    def lists(a: np.ndarray) -> pa.Array:
-        offsets = (np.arange(len(a) + 1, dtype=np.int64) * a.shape[1]).astype(np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(a.ravel().astype(np.int32)))
-    return pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64)), "vq": lists(vq), "rq": lists(rq)})
 
 
 def run_quantize(cfg: Config, run) -> dict:
@@ -79,7 +77,8 @@ def run_quantize(cfg: Config, run) -> dict:
     metrics = {"embedding": q.embedding, "n_items": len(items), "n_fit_items": int(fit.sum()),
                "n_holdout_items": int(holdout.sum())}
     metrics.update(rq_metrics(emb, rq_codes, rq.codebooks_, rq.sizes))
-    metrics["rq.balanced"] = bool(q.rq_balanced)
+    metrics["rq.method"] = q.rq_method
+    metrics["rq.balanced"] = bool(q.rq_balanced) and q.rq_method == "kmeans"
     metrics["rq.n_prices"] = int(rq.price_keys_.size)
     metrics["rq.fit_s"] = round(fit_s, 3)
     metrics["rq.transform_items_per_s"] = float(len(emb) / max(transform_s, 1e-9))

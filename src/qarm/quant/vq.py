@@ -13,13 +13,15 @@ import faiss
 import numpy as np
 
 from qarm.io import read_json, read_npy, write_bytes, write_json, write_npy
-from qarm.quant.checks import QuantizeError, check_embeddings
+from qarm.lookup import IdIndex
+from qarm.quant.checks import ParamsMixin, QuantizeError, check_choice, check_embeddings, check_int
 
 RESCORE_MARGIN = 8  # extra candidates fetched so that near-ties at the k-th place are ranked exactly
 
 
-class VQCoder:
-    """Top-K nearest pool items as a code (scikit-learn style).
+class VQCoder(ParamsMixin):
+    """Top-K nearest pool items as a code (scikit-learn style: parameters stored as given, checked in
+    ``fit``; ``sklearn.base.clone`` works).
 
     Parameters: ``k``; ``pool`` "all" | "popular" | "random"; ``pool_size`` (0 = every candidate);
     ``metric`` "cosine" | "l2"; ``index`` "flat" | "hnsw" | "ivf"; ``exclude_self``; ``hnsw_m``,
@@ -32,23 +34,35 @@ class VQCoder:
     def __init__(self, k: int = 25, *, pool: str = "all", pool_size: int = 0, metric: str = "cosine",
                  index: str = "flat", exclude_self: bool = True, hnsw_m: int = 32, ef_search: int = 128,
                  ivf_nlist: int = 0, nprobe: int = 16, seed: int = 0) -> None:
-        self.k, self.pool, self.pool_size, self.metric, self.index = k, pool, pool_size, metric, index
-        self.exclude_self, self.hnsw_m, self.ef_search = exclude_self, hnsw_m, ef_search
-        self.ivf_nlist, self.nprobe, self.seed = ivf_nlist, nprobe, seed
-        if pool not in ("all", "popular", "random"):
-            raise QuantizeError(f"vq_pool must be all, popular or random, got {pool!r}")
-        if metric not in ("cosine", "l2"):
-            raise QuantizeError(f"vq_metric must be cosine or l2, got {metric!r}")
-        if index not in ("flat", "hnsw", "ivf"):
-            raise QuantizeError(f"vq_index must be flat, hnsw or ivf, got {index!r}")
-        if k < 1:
-            raise QuantizeError(f"vq_k must be at least 1, got {k}")
+        self.k = k
+        self.pool = pool
+        self.pool_size = pool_size
+        self.metric = metric
+        self.index = index
+        self.exclude_self = exclude_self
+        self.hnsw_m = hnsw_m
+        self.ef_search = ef_search
+        self.ivf_nlist = ivf_nlist
+        self.nprobe = nprobe
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        check_choice(self.pool, "vq_pool", ("all", "popular", "random"))
+        check_choice(self.metric, "vq_metric", ("cosine", "l2"))
+        check_choice(self.index, "vq_index", ("flat", "hnsw", "ivf"))
+        check_int(self.k, "vq_k", 1)
+        check_int(self.pool_size, "vq_pool_size", 0)
+        check_int(self.hnsw_m, "vq_hnsw_m", 2)
+        check_int(self.ef_search, "vq_ef_search", 1)
+        check_int(self.ivf_nlist, "vq_ivf_nlist", 0)
+        check_int(self.nprobe, "vq_nprobe", 1)
 
     def fit(self, emb: np.ndarray, item_ids: np.ndarray, popularity: np.ndarray | None = None) -> VQCoder:
         """Choose the pool among the candidates emb float32 [n, dim] with ids int64 [n] and build the index.
 
         ``popularity`` (e.g. train counts, [n]) ranks candidates for ``pool="popular"``.
         """
+        self._validate_params()
         emb = check_embeddings(emb, "VQCoder.fit(emb)", ids=item_ids)
         item_ids = np.asarray(item_ids, np.int64)
         n = len(emb)
@@ -83,10 +97,7 @@ class VQCoder:
         emb = self._prepare(check_embeddings(emb, "VQCoder.transform(emb)", dim=self.dim_, ids=item_ids))
         self_pos = np.full(len(emb), -1, np.int64)
         if self.exclude_self and item_ids is not None:
-            ids = np.asarray(item_ids, np.int64)
-            pos = np.minimum(np.searchsorted(self.pool_ids_, ids), len(self.pool_ids_) - 1)
-            hit = self.pool_ids_[pos] == ids
-            self_pos[hit] = pos[hit]
+            self_pos = IdIndex(self.pool_ids_, assume_sorted=True).rows(item_ids, missing=-1)
         # search a few more than needed, then rescore the candidates row by row in float64 and sort by
         # (score, pool position): faiss's batched float32 kernels may order near-ties differently for
         # different batches, and the same item must always get the same code
@@ -120,11 +131,8 @@ class VQCoder:
         codes (smooth but redundant); 0 means unrelated.
         """
         ids = np.asarray(item_ids, np.int64)
-        order = np.argsort(ids)
-        nearest = self.pool_ids_[codes[:, 0]]
-        pos = np.searchsorted(ids[order], nearest)
-        pos = np.minimum(pos, len(ids) - 1)
-        has = ids[order][pos] == nearest
+        order = np.argsort(ids, kind="stable")
+        pos, has = IdIndex(ids[order], assume_sorted=True).find(self.pool_ids_[codes[:, 0]])
         if not has.any():
             return 0.0
         rows = np.flatnonzero(has)
@@ -194,7 +202,3 @@ class VQCoder:
             faiss.extract_index_ivf(model.index_).nprobe = model.nprobe
         return model
 
-    def get_params(self) -> dict:
-        return {"k": self.k, "pool": self.pool, "pool_size": self.pool_size, "metric": self.metric,
-                "index": self.index, "exclude_self": self.exclude_self, "hnsw_m": self.hnsw_m,
-                "ef_search": self.ef_search, "ivf_nlist": self.ivf_nlist, "nprobe": self.nprobe, "seed": self.seed}

@@ -1,6 +1,6 @@
 """Distributed training entry: ``torchrun --nproc_per_node 2 -m qarm.rank CONFIG --out RUN [--set k=v]``.
 
-Every rank runs the ``train`` stage (DDP over gloo on CPU); rank 0 goes through the runner, so the
+Every rank runs the ``train`` stage (DDP: gloo on CPU, NCCL on CUDA, per ``rank.device``); rank 0 goes through the runner, so the
 manifest and metrics.json are written once, the other ranks call the stage function directly.
 """
 

@@ -10,17 +10,21 @@ from typing import Literal
 class RankConfig:
     """The ranker and the ablation.
 
-    ``variants`` (all trained on identical data and splits): ``id`` (ids and id history),
-    ``frozen_mm`` / ``ia_rep`` (+ frozen raw / aligned embedding of the target and mean over
-    history), ``vq``, ``rq``, ``qarm`` (= vq + rq; code embeddings trained end to end).
+    ``variants`` (all trained on identical data and splits, one model skeleton; only the item
+    representation differs, see docs/metrics.md): ``id`` (ids and id history), ``frozen_mm`` /
+    ``ia_rep`` (+ projected frozen raw / aligned embedding as item-table entry), ``vq``, ``rq``,
+    ``qarm`` (= vq + rq; code embeddings trained end to end), ``qarm_dense`` (qarm + the aligned
+    embedding).
     """
 
-    variants: list[str] = field(default_factory=lambda: ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm"])
+    variants: list[str] = field(default_factory=lambda: ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm",
+                                                         "qarm_dense"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] = field(default_factory=lambda: ["click", "like"])
     history_label: str = "click"    # a history item is an earlier event with this label == 1
     history: int = 50               # last N positives before the event (DIN sequence)
     sim_history: int = 20           # SIM hard search: last positives sharing the target's level-1 RQ code
+    sim_clusters: int = 0           # dense variants' SIM groups: k-means clusters (0 = quantize.rq_sizes[0])
     dim: int = 16                   # embedding size of ids, users and the VQ bag
     code_dim: int = 8               # embedding size of each RQ level / prefix code
     count_dim: int = 4              # embedding size of each bucketised code-match count
@@ -35,3 +39,9 @@ class RankConfig:
     lr: float = 0.002
     weight_decay: float = 0.0
     threads: int = 2                # torch intra-op threads
+    device: str = "auto"            # auto | cpu | cuda | cuda:N (qarm.distributed.resolve_device)
+    # training-only dropout, drawn from (seed, epoch): ids / codes replaced by their OOV row, so the
+    # OOV rows learn and the model learns to rank when an id is missing (every cold item)
+    item_id_dropout: float = 0.3    # per unique item row of a batch (docs/ranking-ablation.md: +0.8 pt cold AUC)
+    user_id_dropout: float = 0.0    # per event
+    code_dropout: float = 0.0       # per code of a unique item row (VQ bag entries, RQ levels, prefixes)

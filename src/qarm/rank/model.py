@@ -1,10 +1,13 @@
 """The ranker, assembled from ``FeatureSpec``s: embeddings, DIN target attention, multi-task towers.
 
-Speed trick: every item-side feature is a property of the item, so each step first builds the
-item table [R, D] (id embedding ++ pooled VQ bag ++ RQ level / prefix embeddings) for the whole
-catalogue, then gathers the target and history rows from it. Code embeddings still train end to
-end (gradients flow through the gather), but a history of 50 items costs 50 row gathers instead
-of 50 x (1 + K + L) embedding lookups.
+Per-step cost is O(batch), never O(catalogue): a step collects the item rows its batch touches
+(targets, history, SIM), uniques them, builds each unique row's item vector once (id embedding ++
+pooled VQ bag ++ RQ level / prefix embeddings ++ projected frozen dense vectors) and indexes back.
+Code embeddings train end to end (gradients flow through the gather), and a history of 50 items
+costs 50 row gathers of vectors built once per batch instead of 50 x (1 + K + L) lookups.
+
+Serving passes its own small item table (``items`` in the batch: the rows of one request, new
+items included), built the same way, so online and offline scores come from the same ops.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import itertools
 import torch
 from torch import nn
 
-from qarm.rank.features import FeatureSpec, ItemTables
+from qarm.rank.features import UNKNOWN, FeatureSpec, ItemTables
 
 
 def mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
@@ -27,7 +30,7 @@ def mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
 
 
 def gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table [R, D], idx int64 [...] -> [..., D]. index_select: its backward (index_add) is about
+    """table [R, D], idx int [...] -> [..., D]. index_select: its backward (index_add) is about
     twice as fast on CPU as F.embedding's dense backward."""
     return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[-1])
 
@@ -51,9 +54,11 @@ class TargetAttention(nn.Module):
         self.b = nn.Parameter(torch.randn(att_dim, hidden[0]) / att_dim ** 0.5)   # acts on k
         self.out = nn.Sequential(nn.ReLU(), mlp(hidden + [1], last_act=False))
 
-    def forward(self, query: torch.Tensor, table: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-        """query [B, D], table [R, D], seq [B, N] item rows (0 = padding) -> pooled [B, D]."""
-        a = self.proj(table)                                                    # [R, A]
+    def forward(self, query: torch.Tensor, table: torch.Tensor, seq: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """query [B, D], table [U, D], seq [B, N] rows of ``table``, mask bool [B, N] (default
+        ``seq > 0``: row 0 = padding) -> pooled [B, D]."""
+        a = self.proj(table)                                                    # [U, A]
         if a is table:
             keys = values = gather(table, seq)
         else:
@@ -61,7 +66,7 @@ class TargetAttention(nn.Module):
         q = self.proj(query)
         per_target = q.unsqueeze(-1) * self.c + self.b                         # [B, A, H]
         h = torch.baddbmm(self.q(q).unsqueeze(1), keys, per_target)            # [B, N, H]
-        w = self.out(h).squeeze(-1) * (seq > 0)                                 # [B, N]
+        w = self.out(h).squeeze(-1) * (seq > 0 if mask is None else mask)       # [B, N]
         return torch.bmm(w.unsqueeze(1), values).squeeze(1)
 
 
@@ -70,6 +75,13 @@ class RankModel(nn.Module):
 
     ``tables`` supplies the per-item index and dense arrays (stored as buffers: the frozen dense
     embeddings never train). forward(batch) -> logits float32 [B, n_tasks].
+
+    Training-only dropout (``id_dropout`` etc., set as attributes; 0 = off): each unique item row
+    of a batch loses its id (-> the OOV id row) with probability ``item_id_dropout``, each of its
+    codes (-> the OOV code row) with ``code_dropout``, each event its user id with
+    ``user_id_dropout``. Draws come from torch's global generator, which ``fit`` seeds from
+    (seed, epoch). So the OOV rows learn, and the model learns to lean on codes and content when
+    an id is missing, as it is for every cold item.
     """
 
     def __init__(self, specs: list[FeatureSpec], tables: ItemTables, n_tasks: int, att_hidden: list[int],
@@ -90,12 +102,12 @@ class RankModel(nn.Module):
             self.register_buffer(f"idx_{s.name}", idx, persistent=False)
         for i, s in enumerate(self.dense_specs):
             self.register_buffer(f"dense_{i}", torch.as_tensor(tables.dense[s.name]), persistent=False)
+        # frozen vectors, trainable projection (no bias, so the PAD row stays 0)
         self.dense_proj = nn.ModuleList(nn.Linear(s.vocab, s.dim, bias=False) for s in self.dense_specs)
         self.count = nn.ModuleList(nn.Embedding(s.vocab, s.dim) for s in self.count_specs)
-        item_dim = sum(s.dim for s in self.item_specs)
+        item_dim = sum(s.dim for s in self.item_specs) + sum(s.dim for s in self.dense_specs)
         self.attention = nn.ModuleList(TargetAttention(item_dim, att_dim, att_hidden) for _ in self.seq_specs)
-        in_dim = (user_spec.dim + item_dim * (1 + len(self.seq_specs)) + 2 * sum(s.dim for s in self.dense_specs)
-                  + sum(s.dim for s in self.count_specs))
+        in_dim = user_spec.dim + item_dim * (1 + len(self.seq_specs)) + sum(s.dim for s in self.count_specs)
         self.towers = towers
         if towers == "mmoe":
             self.experts = nn.ModuleList(mlp([in_dim] + dnn_hidden) for _ in range(n_experts))
@@ -105,36 +117,68 @@ class RankModel(nn.Module):
             self.bottom = mlp([in_dim] + dnn_hidden)
             self.head = nn.Linear(dnn_hidden[-1], n_tasks)
         self.n_tasks = n_tasks
+        self.item_id_dropout = self.user_id_dropout = self.code_dropout = 0.0
         for emb in [self.user, *self.item.values(), *self.count]:
             nn.init.normal_(emb.weight, std=0.01)
 
-    def item_table(self) -> torch.Tensor:
-        """[R, D]: every item's id and code embeddings (multi-valued codes pooled), concatenated."""
+    def row_features(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-item inputs of item rows int [U] from the model's tables: item feature name ->
+        int64 [U, w] vocabulary indices, ``dense_<i>`` -> float32 [U, d]."""
+        out = {s.name: getattr(self, f"idx_{s.name}").index_select(0, rows) for s in self.item_specs}
+        for i in range(len(self.dense_specs)):
+            out[f"dense_{i}"] = getattr(self, f"dense_{i}").index_select(0, rows)
+        return out
+
+    def item_vectors(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[U, D]: each row's id and code embeddings (multi-valued codes pooled) and projected
+        dense vectors, concatenated. ``feats`` as ``row_features`` returns."""
         parts = []
         for s in self.item_specs:
-            idx = getattr(self, f"idx_{s.name}")
-            e = gather(self.item[s.name].weight, idx)                   # [R, w, d]
+            idx = feats[s.name]
+            if self.training and idx.shape[0]:
+                idx = self._drop(idx, self.item_id_dropout if s.name == "item_id" else self.code_dropout)
+            e = gather(self.item[s.name].weight, idx)                    # [U, w, d]
             if s.pooling == "none":
                 parts.append(e[:, 0])
             else:
-                pooled = (e * (idx > 0).unsqueeze(-1)).sum(1)            # padding codes count 0
-                parts.append(pooled / (idx > 0).sum(1, keepdim=True).clamp(min=1) if s.pooling == "mean" else pooled)
+                keep = (idx > 0).unsqueeze(-1)                            # padding codes count 0
+                pooled = (e * keep).sum(1)
+                parts.append(pooled / keep.sum(1).clamp(min=1) if s.pooling == "mean" else pooled)
+        for i, proj in enumerate(self.dense_proj):
+            parts.append(proj(feats[f"dense_{i}"]))
         return torch.cat(parts, dim=1)
 
+    @staticmethod
+    def _drop(idx: torch.Tensor, rate: float) -> torch.Tensor:
+        """Replace known indices (>= 2) with UNKNOWN with probability ``rate`` (padding stays)."""
+        if rate <= 0:
+            return idx
+        hit = (torch.rand(idx.shape, device=idx.device) < rate) & (idx > UNKNOWN)
+        return torch.where(hit, torch.full_like(idx, UNKNOWN), idx)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        table = self.item_table()
+        """batch: ``user`` [B], ``target`` [B], one [B, N] row matrix per sequence spec, ``counts``
+        [B, C]; rows index the model's tables, or ``items`` (a ``row_features``-like dict of a
+        small local table) when given."""
         target = batch["target"]
-        tgt = table.index_select(0, target)
-        parts = [gather(self.user.weight, batch["user"]), tgt]
-        for spec, att in zip(self.seq_specs, self.attention):
-            parts.append(att(tgt, table, batch[spec.name]))
-        hist = batch["history"]
-        n_hist = (hist > 0).sum(1, keepdim=True).clamp(min=1)
-        for i, proj in enumerate(self.dense_proj):
-            # frozen vectors, trainable projection (no bias, so the PAD row stays 0): the mean of
-            # P x over the history is P (mean x), so project the catalogue once, then gather
-            dense = proj(getattr(self, f"dense_{i}"))
-            parts += [dense[target], gather(dense, hist).sum(1) / n_hist]
+        seqs = [batch[s.name] for s in self.seq_specs]
+        rows = torch.cat([target.unsqueeze(1), *seqs], 1)
+        local = batch.get("items")
+        if local is None:
+            uniq, inv = torch.unique(rows, return_inverse=True)               # the rows this batch touches
+            table = self.item_vectors(self.row_features(uniq))
+        else:
+            inv, table = rows, self.item_vectors(local)
+        tgt = table.index_select(0, inv[:, 0])
+        user = batch["user"]
+        if self.training and self.user_id_dropout > 0:
+            user = self._drop(user, self.user_id_dropout)
+        parts = [gather(self.user.weight, user), tgt]
+        col = 1
+        for seq, att in zip(seqs, self.attention):
+            n = seq.shape[1]
+            parts.append(att(tgt, table, inv[:, col:col + n], seq > 0))
+            col += n
         for j, emb in enumerate(self.count):
             parts.append(gather(emb.weight, batch["counts"][:, j]))
         x = torch.cat(parts, dim=1)

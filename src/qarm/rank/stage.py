@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from qarm.config import Config
+from qarm.distributed import check_device, init_distributed, resolve_device, world
 from qarm.errors import ConfigError, DataError
 from qarm.io import (
     path_sha256,
@@ -38,6 +38,9 @@ from qarm.io import (
 )
 from qarm.rank.config import RankConfig
 from qarm.rank.features import (
+    CODE_VARIANTS,
+    DENSE_OF,
+    UNKNOWN,
     VARIANTS,
     EventArrays,
     ItemTables,
@@ -47,10 +50,9 @@ from qarm.rank.features import (
 )
 from qarm.rank.metrics import auc, auc_by_group, gauc, logloss
 from qarm.rank.model import RankModel
-from qarm.rank.train import TensorData, fit, predict, world
+from qarm.rank.train import TensorData, fit, predict
 
-DENSE_FILES = {"frozen_mm": "emb_raw.npy", "ia_rep": "emb_aligned.npy"}
-CODE_VARIANTS = ("vq", "rq", "qarm")
+DENSE_FILES = DENSE_OF
 
 
 def check_config(rc: RankConfig) -> None:
@@ -64,8 +66,13 @@ def check_config(rc: RankConfig) -> None:
     for name in ("history", "dim", "code_dim", "count_dim", "epochs", "batch_size", "eval_batch_size", "threads"):
         if getattr(rc, name) < 1:
             raise ConfigError(f"rank.{name}: expected >= 1, got {getattr(rc, name)}")
-    if rc.sim_history < 0 or rc.patience < 0 or rc.lr <= 0:
-        raise ConfigError("rank.sim_history and rank.patience must be >= 0, rank.lr > 0")
+    if rc.sim_history < 0 or rc.patience < 0 or rc.lr <= 0 or rc.sim_clusters < 0:
+        raise ConfigError("rank.sim_history, rank.sim_clusters and rank.patience must be >= 0, rank.lr > 0")
+    for name in ("item_id_dropout", "user_id_dropout", "code_dropout"):
+        rate = getattr(rc, name)
+        if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
+    check_device(rc.device, "rank.device")
     if not rc.att_hidden or not rc.dnn_hidden or min(rc.att_hidden + rc.dnn_hidden) < 1:
         raise ConfigError("rank.att_hidden and rank.dnn_hidden: non-empty lists of positive sizes")
 
@@ -83,8 +90,9 @@ class RankInputs:
     input_hash: str
 
 
-def load_inputs(rc: RankConfig, run: Any) -> RankInputs:
-    """Read the run's artifacts (only those the configured variants need) and build features."""
+def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0) -> RankInputs:
+    """Read the run's artifacts (only those the configured variants need) and build features.
+    ``sim_clusters`` / ``seed``: the dense variants' SIM k-means (``rank.sim_clusters`` wins when > 0)."""
     items, events = run.items(), run.events()
     need_codes = any(v in CODE_VARIANTS for v in rc.variants)
     names = ["items.parquet", "events.parquet"] + sorted({DENSE_FILES[v] for v in rc.variants if v in DENSE_FILES})
@@ -96,7 +104,7 @@ def load_inputs(rc: RankConfig, run: Any) -> RankInputs:
     codes = read_parquet(run / "codes.parquet") if need_codes else None
     if "train_count" not in items.columns:
         raise DataError("no 'train_count' column: rerun the 'prepare' stage", file="items.parquet", column="train_count")
-    tables = build_item_tables(items, codes, dense)
+    tables = build_item_tables(items, codes, dense, rc.sim_clusters or sim_clusters, seed)
     ev, info = build_events(tables, events, list(rc.tasks), rc.history_label, rc.history, rc.sim_history)
     if info["n_train"] == 0 or info["n_valid"] == 0 or info["n_test"] == 0:
         raise DataError(f"the ranker needs train, valid and test events, got {info}", file="events.parquet", column="split")
@@ -109,19 +117,23 @@ def load_inputs(rc: RankConfig, run: Any) -> RankInputs:
 
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
     rc = dataclasses.asdict(cfg.rank)
-    for k in ("variants", "seeds", "threads"):  # which runs exist, not what one run computes
+    for k in ("variants", "seeds", "threads", "device"):  # which runs exist and where, not what one run computes
         rc.pop(k)
     blob = json.dumps({"rank": rc, "seed": cfg.seed, "variant": variant, "rank_seed": seed, "inputs": input_hash},
                       sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def evaluate(probs: np.ndarray, ev: EventArrays, tasks: list[str]) -> dict[str, dict[str, float]]:
-    """AUC, GAUC, LogLoss per task of probabilities [E, T] on events ``ev``."""
-    out = {}
+def evaluate(probs: np.ndarray, ev: EventArrays, tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """AUC, GAUC, LogLoss per task of probabilities [E, T] on events ``ev``, plus AUC and GAUC of
+    the events of warm users (>= 1 train event: their own user embedding) and of new users."""
+    out: dict[str, dict[str, Any]] = {}
+    warm = ev.user != UNKNOWN
     for t, task in enumerate(tasks):
         y, p = ev.labels[:, t], probs[:, t]
         out[task] = {"auc": auc(y, p), "gauc": gauc(y, p, ev.user_id), "logloss": logloss(y, p)}
+        for name, m in (("warm_users", warm), ("new_users", ~warm)):
+            out[task][name] = {"auc": auc(y[m], p[m]), "gauc": gauc(y[m], p[m], ev.user_id[m])}
     return out
 
 
@@ -143,11 +155,15 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
     specs = variant_specs(variant, inp.tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
                           rc.dim, rc.code_dim, rc.count_dim)
     torch_seed = _seed_all(cfg, seed)
+    device = resolve_device(rc.device, "rank.device")
     model = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
                       rc.n_experts, att_dim=rc.dim)
+    model.item_id_dropout, model.user_id_dropout = float(rc.item_id_dropout), float(rc.user_id_dropout)
+    model.code_dropout = float(rc.code_dropout)
+    model.to(device)
     ev = inp.events
     parts = {s: ev.subset(ev.split == s) for s in ("train", "valid", "test", "cold_test")}
-    data = {s: TensorData(e, specs) for s, e in parts.items()}
+    data = {s: TensorData(e, specs, device) for s, e in parts.items()}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     result = fit(model, data["train"], data["valid"], rc, torch_seed, out / "ckpt.pt", fp, desc=f"{variant}/seed{seed}")
@@ -163,11 +179,14 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
         res = {"fingerprint": fp, "variant": variant, "seed": seed, "best_epoch": result.best_epoch,
                "best_valid_auc": result.best_valid_auc, "log": result.log,
                "tasks": {task: {**test[task], **{f"cold_{k}": v for k, v in cold[task].items()}} for task in rc.tasks},
+               "n_test_warm_user_events": int((parts["test"].user != UNKNOWN).sum()),
+               "n_test_new_user_events": int((parts["test"].user == UNKNOWN).sum()),
                "buckets": buckets, "train_samples": result.train_samples, "train_seconds": result.train_seconds,
                "eval_samples": len(parts["test"]) + len(parts["cold_test"]), "eval_seconds": eval_s,
                "resumed_from_epoch": result.resumed_from_epoch}
         save_torch(out / "model.pt", {"variant": variant, "seed": seed, "tasks": list(rc.tasks),
-                                      "rank_config": dataclasses.asdict(rc), "state_dict": model.state_dict(),
+                                      "rank_config": dataclasses.asdict(rc),
+                                      "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                                       "specs": [dataclasses.asdict(s) for s in specs],
                                       "tables": tables_state(inp.tables), "user_vocab": torch.from_numpy(inp.user_vocab)})
         pred = pd.DataFrame({"user_id": np.concatenate([parts[s].user_id for s in ("test", "cold_test")]),
@@ -193,12 +212,12 @@ def tables_state(t: ItemTables) -> dict[str, Any]:
     state: dict[str, Any] = {"item_ids": tensor(t.item_ids),
                              "index": {k: tensor(v) for k, v in t.index.items()},
                              "dense": {k: tensor(v) for k, v in t.dense.items()},
-                             "vocab": dict(t.vocab)}
-    if t.prefix is not None:
-        state["prefix"] = tensor(t.prefix)
-        vq = t.vq.tocsr()
-        state["vq"] = {"indptr": tensor(vq.indptr.astype(np.int64)),
-                       "indices": tensor(vq.indices.astype(np.int64)), "shape": list(vq.shape)}
+                             "vocab": dict(t.vocab), "keys": {k: tensor(v) for k, v in t.keys.items()},
+                             "cluster": {k: tensor(v) for k, v in t.cluster.items()},
+                             "centroids": {k: tensor(v) for k, v in t.centroids.items()},
+                             "cos_edges": {k: tensor(v) for k, v in t.cos_edges.items()}, "rq_bits": t.rq_bits}
+    if t.rq is not None:
+        state["vq_raw"], state["rq_raw"] = tensor(t.vq), tensor(t.rq)
     return state
 
 
@@ -221,8 +240,15 @@ def summarize(results: dict[str, list[dict[str, Any]]], tasks: list[str]) -> dic
     variants: dict[str, Any] = {}
     buckets: dict[str, Any] = {}
     for v, runs in results.items():
-        keys = list(runs[0]["tasks"][tasks[0]])
-        variants[v] = {t: {k: _mean_std([r["tasks"][t][k] for r in runs]) for k in keys} for t in tasks}
+        variants[v] = {}
+        for t in tasks:
+            m: dict[str, Any] = {}
+            for k, first in runs[0]["tasks"][t].items():
+                if isinstance(first, dict):  # a population: warm_users, new_users, cold_warm_users, ...
+                    m[k] = {mk: _mean_std([r["tasks"][t][k][mk] for r in runs]) for mk in first}
+                else:
+                    m[k] = _mean_std([r["tasks"][t][k] for r in runs])
+            variants[v][t] = m
         variants[v]["best_epoch"] = _mean_std([r["best_epoch"] for r in runs])
         buckets[v] = {t: {b: _nan_safe_mean([r["buckets"][t].get(b, np.nan) for r in runs])
                           for b in sorted({b for r in runs for b in r["buckets"][t]})} for t in tasks}
@@ -234,27 +260,25 @@ def summarize(results: dict[str, list[dict[str, Any]]], tasks: list[str]) -> dic
         "eval_samples_per_s": sum(r["eval_samples"] for r in all_runs) / eval_s if eval_s else float("nan")}}
 
 
-def init_distributed() -> None:
-    """Join the torchrun process group (gloo, CPU) when launched by torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("gloo")
-
-
 def run_train(cfg: Config, run: Any) -> dict[str, Any]:
     """Stage entry point: train and evaluate every configured variant x seed."""
     rc = cfg.rank
     check_config(rc)
     torch.set_num_threads(rc.threads)
-    init_distributed()
+    init_distributed(resolve_device(rc.device, "rank.device"))
     t0 = time.perf_counter()
-    inp = load_inputs(rc, run)
+    inp = load_inputs(rc, run, int(cfg.quantize.rq_sizes[0]) if cfg.quantize.rq_sizes else 32, cfg.seed)
     prep_s = time.perf_counter() - t0
     results = {v: [train_one(cfg, run, inp, v, s) for s in rc.seeds] for v in rc.variants}
     metrics = summarize(results, list(rc.tasks))
     # the served default: best mean valid AUC, first seed of that variant
     default = max(rc.variants, key=lambda v: np.mean([r["best_valid_auc"] for r in results[v]]))
+    first = results[rc.variants[0]][0]
     metrics.update({"default_variant": default, "feature_seconds": round(prep_s, 3),
-                    "world_size": world()[1], **{k: v for k, v in inp.info.items()}})
+                    "world_size": world()[1], "device": str(resolve_device(rc.device, "rank.device")),
+                    "n_test_warm_user_events": first.get("n_test_warm_user_events"),
+                    "n_test_new_user_events": first.get("n_test_new_user_events"),
+                    **{k: v for k, v in inp.info.items()}})
     if world()[0] == 0:
         write_json(run.path / "rank" / "summary.json", {"default_variant": default, "seed": rc.seeds[0],
                                                        "variants": list(rc.variants), "seeds": list(rc.seeds),

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from qarm.distributed import world
 from qarm.io import save_torch
 from qarm.rank.config import RankConfig
 from qarm.rank.features import EventArrays, FeatureSpec
@@ -28,45 +29,64 @@ from qarm.rank.metrics import auc
 
 
 class TensorData:
-    """One variant's model inputs for a set of events as tensors; ``batch(idx)`` slices them all."""
+    """One variant's model inputs for a set of events as tensors; ``batch(idx)`` slices them all.
 
-    def __init__(self, ev: EventArrays, specs: list[FeatureSpec]) -> None:
-        names = {s.name for s in specs}
+    Histories stay CSR-style (``Sequences``: shared sorted positives + per-event offsets) and are
+    materialised per batch, so memory is O(events + positives), not O(events x history length).
+    """
+
+    def __init__(self, ev: EventArrays, specs: list[FeatureSpec], device: torch.device | str = "cpu") -> None:
         counts = [s.name for s in specs if s.kind == "count"]
+        self.device = torch.device(device)
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
         self.tensors: dict[str, torch.Tensor] = {
-            "user": torch.from_numpy(ev.user), "target": torch.from_numpy(ev.target),
-            "history": torch.from_numpy(ev.history), "labels": torch.from_numpy(ev.labels)}
-        if "sim" in names:
-            self.tensors["sim"] = torch.from_numpy(ev.sim)
+            "user": put(ev.user), "target": put(ev.target), "labels": put(ev.labels)}
         if counts:
-            self.tensors["counts"] = torch.from_numpy(np.stack([ev.counts[c] for c in counts], 1))
+            self.tensors["counts"] = put(np.stack([ev.counts[c] for c in counts], 1))
+        # sequence name -> (sorted positives, start, end, length)
+        self.seqs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
+        for s in specs:
+            if s.kind != "sequence":
+                continue
+            seq = ev.hist if s.name == "history" else ev.sims.get(s.name)
+            if seq is None:
+                raise KeyError(f"no events sequence for feature {s.name!r} (have: history, {', '.join(ev.sims)})")
+            values = put(np.r_[np.zeros(1, seq.values.dtype), seq.values])  # slot 0 = padding
+            self.seqs[s.name] = (values, put(seq.start), put(seq.end), s.vocab)
 
     def __len__(self) -> int:
         return len(self.tensors["target"])
 
     def batch(self, idx: torch.Tensor | slice) -> dict[str, torch.Tensor]:
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        if isinstance(idx, torch.Tensor):
+            idx = idx.to(self.device)
+        out = {k: v[idx] for k, v in self.tensors.items()}
+        if "counts" in out:
+            out["counts"] = out["counts"].long()
+        for name, (values, start, end, n) in self.seqs.items():
+            e = end[idx].long()
+            pos = e.unsqueeze(1) - n + torch.arange(n, device=e.device)   # [B, n], oldest first
+            # positions before the group's start read slot 0 (padding); positives shift by one
+            pos = torch.where(pos >= start[idx].long().unsqueeze(1), pos + 1, 0)
+            out[name] = values[pos].long()
+        return out
 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data: TensorData, batch_size: int = 8192) -> np.ndarray:
     """Probabilities float32 [E, n_tasks]."""
     model.eval()
-    out = [torch.sigmoid(model(data.batch(slice(s, s + batch_size)))) for s in range(0, len(data), batch_size)]
+    out = [torch.sigmoid(model(data.batch(slice(s, s + batch_size))).float()).cpu()
+           for s in range(0, len(data), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.n_tasks), np.float32)
 
 
 def valid_score(model: torch.nn.Module, data: TensorData, batch_size: int) -> float:
     """Mean AUC over tasks on ``data`` (the early-stopping criterion)."""
     p = predict(model, data, batch_size)
-    y = data.tensors["labels"].numpy()
+    y = data.tensors["labels"].cpu().numpy()
     scores = [auc(y[:, t], p[:, t]) for t in range(y.shape[1])]
     scores = [s for s in scores if not math.isnan(s)]
     return float(np.mean(scores)) if scores else float("nan")
@@ -100,7 +120,9 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
             opt.load_state_dict(ckpt["optimizer"])
             state = ckpt["state"]
             resumed = state["epoch"]
-    net = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    device = next(model.parameters()).device
+    net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if size > 1 else model)
     n, bs = len(train), cfg.batch_size
     while state["epoch"] < cfg.epochs and not (cfg.patience > 0 and state["bad_epochs"] >= cfg.patience):
         epoch = state["epoch"]

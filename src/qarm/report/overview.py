@@ -137,7 +137,7 @@ def prepare_section(ctx: ReportContext) -> str:
     if events_path:
         import pyarrow.parquet as pq
 
-        present = set(pq.ParquetFile(events_path).schema_arrow.names)
+        present = set(pq.ParquetDataset(events_path).schema.names)  # a file, or a folder (engine=spark)
         events = read_parquet(events_path, columns=["split"] + [c for c in labels if c in present])
 
     # events per split and modality coverage side by side

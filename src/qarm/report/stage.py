@@ -20,6 +20,7 @@ from qarm.report.codes import codes_section
 from qarm.report.context import ReportContext
 from qarm.report.overview import pipeline_section, prepare_section
 from qarm.report.ranking import ranking_section
+from qarm.report.retrieval import retrieval_section
 from qarm.runner import RunDir
 
 SECTIONS: tuple[tuple[str, str, Callable[[ReportContext], str]], ...] = (
@@ -29,6 +30,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[ReportContext], str]], ...] = (
     ("alignment", "Alignment: before and after", align_section),
     ("codes", "Codes: usage and collisions", codes_section),
     ("ranking", "Ranking ablation", ranking_section),
+    ("retrieval", "Generative retrieval on the codes", retrieval_section),
 )
 
 

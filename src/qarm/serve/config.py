@@ -1,7 +1,8 @@
 """Config of ``qarm serve``.
 
 The server reads this section from the run directory's ``config.json`` (the config the run was
-made with); ``--host``, ``--port``, ``--codes`` and ``--media-root`` on the command line win over it.
+made with); ``--host``, ``--port``, ``--codes``, ``--media-root`` and ``--admin-port`` on the command
+line win over it.
 Every request limit lives here so that bad or hostile input is refused with a 4xx before it costs
 memory or CPU.
 """
@@ -29,3 +30,5 @@ class ServeConfig:
     torch_threads: int = 1          # intra-op threads per model call; 1 leaves a core to the event loop, and
                                     # OpenMP threads spin-waiting on a busy machine cost 3x the CPU
     limit_concurrency: int = 256    # open connections + tasks before uvicorn answers 503 (overload guard)
+    device: str = "auto"            # the encoder's device for POST /items(/codes): auto | cpu | cuda | cuda:N
+    admin_port: int = 0             # loopback-only admin listener (POST /admin/reload hot-swaps the run); 0 = off

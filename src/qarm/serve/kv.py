@@ -11,9 +11,10 @@ Three backends answer the same two questions (``get(item_id)``, ``len(store)``):
 JSON arrays of ints so that ``sqlite3`` and ``redis-cli`` show them readably:
 
 - SQLite: table ``codes(item_id INTEGER PRIMARY KEY, vq TEXT, rq TEXT)`` and ``meta(key, value)``;
-  written to a temp file and renamed (``qarm.io.atomic_path``), so a reader never sees half an export.
+  written to a temp file and renamed (``qarm.io.atomic_path``), so a reader never sees half an export;
+  the ``items`` table of ingested items (``qarm.serve.store``) is carried over from the file replaced.
 - Redis: key ``qarm:codes:<item_id>`` -> ``{"vq": [...], "rq": [...]}``, and hash ``qarm:codes:meta``
-  (n_items, vq_k, rq_levels, run, complete). The meta hash is marked incomplete first and complete
+  (n_items, vq_k, rq_levels, run, version, complete). The meta hash is marked incomplete first and complete
   last; readers refuse a store whose last export did not finish. Keys of items absent from the new
   export are deleted, so an export replaces the previous one.
 """
@@ -209,8 +210,26 @@ def _export_sqlite(path: Path, ids: np.ndarray, vq: np.ndarray, rq: np.ndarray, 
                 conn.executemany("INSERT INTO codes VALUES (?, ?, ?)", batch)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
             conn.commit()
+            _carry_items_table(path, conn)
         finally:
             conn.close()
+
+
+def _carry_items_table(old: Path, conn: sqlite3.Connection) -> None:
+    """Copy the ``items`` table (items added with POST /items, ``qarm.serve.store``) of the file an
+    export replaces into the new file: an export replaces the catalogue, not the ingested items."""
+    from qarm.serve.store import SqliteItemStore
+
+    conn.execute(SqliteItemStore.SCHEMA)
+    if old.is_file():
+        conn.execute("ATTACH DATABASE ? AS old", (str(old),))
+        try:
+            if conn.execute("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'items'").fetchone():
+                conn.execute("INSERT INTO items SELECT item_id, version, value FROM old.items")
+            conn.commit()
+        finally:
+            conn.execute("DETACH DATABASE old")
+    conn.commit()
 
 
 # --------------------------------------------------------------------------- Redis
@@ -298,8 +317,11 @@ def export_codes(run_dir: str | Path, url: str) -> int:
     """
     kind, target = parse_store_url(url)
     ids, vq, rq = read_codes_table(run_dir)
+    from qarm.serve.store import codebook_version
+
     meta = {"n_items": str(len(ids)), "vq_k": str(vq.shape[1]), "rq_levels": str(rq.shape[1]),
-            "run": str(Path(run_dir).resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "run": str(Path(run_dir).resolve()), "version": codebook_version(run_dir),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if kind == "sqlite":
         _export_sqlite(Path(target), ids, vq, rq, meta)
     else:

@@ -26,6 +26,25 @@ class ItemCodesBatch(BaseModel):
     items: list[ItemCodes]
 
 
+class IngestedItem(BaseModel):
+    item_id: int
+    vq: list[int]
+    rq: list[int]
+    replaced: bool      # the id had an ingested entry before (now replaced)
+    catalogue: bool     # the id is a catalogue item whose codes this entry overrides
+
+
+class IngestResponse(BaseModel):
+    version: str        # codebook version that coded the items
+    items: list[IngestedItem]
+
+
+class DeleteResponse(BaseModel):
+    item_id: int
+    deleted: bool
+    catalogue: bool     # a catalogue item: its catalogue codes serve again
+
+
 class CandidateScores(BaseModel):
     item_id: int
     scores: dict[str, float]
@@ -39,6 +58,33 @@ class RankResponse(BaseModel):
 
 def request_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """(NewItem, ItemsRequest, RankRequest) with ``cfg``'s limits."""
+    NewItem, ItemsRequest, RankRequest, _ = all_request_models(cfg)
+    class IngestRequest(BaseModel):
+        """POST /items: every item needs its ``item_id``; ``overwrite`` allows catalogue ids."""
+
+        model_config = ConfigDict(extra="forbid")
+        items: list[NewItem] = Field(min_length=1, max_length=cfg.max_batch_items)
+        overwrite: Annotated[bool, Strict()] = False
+
+        @model_validator(mode="after")
+        def _ids_given_once(self) -> "IngestRequest":
+            ids = [it.item_id for it in self.items]
+            missing = [j for j, i in enumerate(ids) if i is None]
+            if missing:
+                raise ValueError(f"items[{missing[0]}] has no item_id: POST /items stores items by id "
+                                 f"(POST /items/codes codes items without storing them)")
+            seen: set[int] = set()
+            for j, i in enumerate(ids):
+                if i in seen:
+                    raise ValueError(f"items[{j}]: item_id {i} appears more than once in the request")
+                seen.add(i)
+            return self
+
+    return NewItem, ItemsRequest, RankRequest, IngestRequest
+
+
+def all_request_models(cfg: ServeConfig) -> tuple[type[BaseModel], ...]:
+    """(NewItem, ItemsRequest, RankRequest, IngestRequest) with ``cfg``'s limits."""
     Text = Annotated[str, Field(max_length=cfg.max_text_chars)]
     # base64 is 4 chars per 3 bytes; the slack admits a data: URL prefix
     B64 = Annotated[str, Strict(), Field(min_length=1, max_length=(cfg.max_media_bytes + 2) // 3 * 4 + 256)]
@@ -83,4 +129,25 @@ def request_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel], 
         candidates: list[ItemId] = Field(min_length=1, max_length=cfg.max_candidates)
         variant: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
-    return NewItem, ItemsRequest, RankRequest
+    class IngestRequest(BaseModel):
+        """POST /items: every item needs its ``item_id``; ``overwrite`` allows catalogue ids."""
+
+        model_config = ConfigDict(extra="forbid")
+        items: list[NewItem] = Field(min_length=1, max_length=cfg.max_batch_items)
+        overwrite: Annotated[bool, Strict()] = False
+
+        @model_validator(mode="after")
+        def _ids_given_once(self) -> "IngestRequest":
+            ids = [it.item_id for it in self.items]
+            missing = [j for j, i in enumerate(ids) if i is None]
+            if missing:
+                raise ValueError(f"items[{missing[0]}] has no item_id: POST /items stores items by id "
+                                 f"(POST /items/codes codes items without storing them)")
+            seen: set[int] = set()
+            for j, i in enumerate(ids):
+                if i in seen:
+                    raise ValueError(f"items[{j}]: item_id {i} appears more than once in the request")
+                seen.add(i)
+            return self
+
+    return NewItem, ItemsRequest, RankRequest, IngestRequest

@@ -1,0 +1,183 @@
+"""Catalogue-scale benchmark: the pipeline on synthetic worlds of growing size, stage by stage.
+
+For each size (items x events) a synthetic world with ``content: embeddings`` (256-d item vectors in
+one .npy, no per-item PNG/WAV) goes through prepare, pairs, align (head mode on the given item
+embeddings: ``align.item_embeddings``), quantize (IVF VQ search, RQ-Kmeans) and train (one seed,
+variants ``id`` and ``qarm``, one epoch). Every stage runs as its own ``qarm run --stages STAGE``
+process, so its peak RSS is that process's own (``os.wait4`` rusage ``ru_maxrss``: the process and
+the children it waited for). ``seconds`` is the stage's own wall time from the run's manifest (what
+the stage computed, without interpreter start and imports); the process wall time is printed beside it.
+
+Growth exponent of a stage = slope of log seconds against log events between the two largest sizes
+(1.0 = linear in the event count). Goals (issue 14): every exponent <= 1.15, peak RSS of every stage
+at the largest size <= 12 GiB, ranker train samples/s at the largest size >= 0.7x the smallest's.
+
+    python benchmarks/bench_scale.py --json OUT.json                       # 10k/1M, 100k/5M, 1M/20M
+    python benchmarks/bench_scale.py --sizes 10000x1000000 --json OUT.json # the smallest size only
+
+``--json OUT`` writes {"sizes": [{"n_items", "n_events"}, ..], "stages": {stage: {"seconds": [..],
+"peak_rss_gib": [..]}}, "growth_exponent": {stage: ..}, "rank_train_samples_per_s": [..]} (plus
+"n_users", "process_seconds", "load_average" and "config_overrides" beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = ["prepare", "pairs", "align", "quantize", "train"]
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """"10000x1000000,100000x5000000" -> [(10000, 1000000), (100000, 5000000)] (items x events)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        items, events = part.lower().split("x")
+        out.append((int(float(items)), int(float(events))))
+    if not out:
+        raise SystemExit("--sizes: give at least one ITEMSxEVENTS size")
+    return out
+
+
+def overrides(n_items: int, n_events: int, n_users: int, run: Path, args) -> list[str]:
+    """The ``--set`` overrides of one size: the synthetic world, BYO embeddings, the reduced training."""
+    media = run.resolve() / "data" / "media"
+    sets = {
+        "data.synthetic.n_items": n_items, "data.synthetic.n_events": n_events, "data.synthetic.n_users": n_users,
+        "data.synthetic.content": "embeddings", "data.synthetic.embedding_dim": args.dim,
+        "data.synthetic.with_audio": "false",
+        "pairs.u2i_epochs": args.u2i_epochs,
+        "align.mode": "head", "align.epochs": args.align_epochs,
+        "align.item_embeddings": media / "item_embeddings.npy",
+        "align.item_embedding_ids": media / "item_embedding_ids.npy",
+        "quantize.vq_index": "ivf",
+        "rank.seeds": "[0]", "rank.variants": "[id,qarm]", "rank.epochs": 1,
+    }
+    return [f"{k}={v}" for k, v in sets.items()] + list(args.set)
+
+
+def run_stage(stage: str, run: Path, sets: list[str], config: str, log: Path) -> tuple[float, float, int]:
+    """Run one stage in its own process -> (process wall seconds, peak RSS GiB, exit status)."""
+    cmd = [sys.executable, "-m", "qarm", "run", config, "--out", str(run), "--stages", stage]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    with open(log, "ab") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n".encode())
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 2**20, proc.returncode  # ru_maxrss is in KiB on Linux
+
+
+def growth_exponent(events: list[int], seconds: list[float]) -> float | None:
+    """Slope of log seconds against log events between the two largest sizes."""
+    if len(events) < 2:
+        return None
+    order = sorted(range(len(events)), key=lambda i: events[i])
+    a, b = order[-2], order[-1]
+    if events[a] == events[b] or seconds[a] <= 0 or seconds[b] <= 0:
+        return None
+    return math.log(seconds[b] / seconds[a]) / math.log(events[b] / events[a])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10000x1000000,100000x5000000,1000000x20000000",
+                   help="comma-separated ITEMSxEVENTS sizes (default: %(default)s)")
+    p.add_argument("--events-per-user", type=int, default=20, help="n_users = n_events / this (default 20)")
+    p.add_argument("--dim", type=int, default=256, help="dimension of the given item embeddings")
+    p.add_argument("--u2i-epochs", type=int, default=1)
+    p.add_argument("--align-epochs", type=int, default=1)
+    p.add_argument("--config", default="demo", help="base config (built-in name or YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="extra overrides")
+    p.add_argument("--work", type=Path, default=None, help="folder for the run directories (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the run directories")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = p.parse_args()
+    sizes = parse_sizes(args.sizes)
+    work = args.work or Path(tempfile.mkdtemp(prefix="qarm-bench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    print(f"cores: {os.cpu_count()}; load average at start: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}"
+          f"{'' if load0[1] <= 0.5 * (os.cpu_count() or 1) else ' (NOT quiet: other work is running)'}", flush=True)
+    print(f"work folder: {work}", flush=True)
+    result: dict = {"sizes": [], "stages": {s: {"seconds": [], "peak_rss_gib": []} for s in STAGES},
+                    "growth_exponent": {}, "rank_train_samples_per_s": [], "n_users": [],
+                    "process_seconds": {s: [] for s in STAGES}, "load_average": {"start": list(load0)}}
+    for n_items, n_events in sizes:
+        n_users = max(1000, n_events // args.events_per_user)
+        run = work / f"run-{n_items}x{n_events}"
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        sets = overrides(n_items, n_events, n_users, run, args)
+        result["config_overrides"] = [s for s in sets if "item_embedding" not in s and "n_" not in s]
+        print(f"\n=== {n_items:,} items, {n_events:,} events, {n_users:,} users -> {run} ===", flush=True)
+        log = run / "bench.log"
+        for stage in STAGES:
+            wall, rss, rc = run_stage(stage, run, sets, args.config, log)
+            if rc != 0:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"stage {stage} failed (exit {rc}) at {n_items}x{n_events}; log {log}:\n{tail}")
+            manifest = json.loads((run / "manifest.json").read_text())
+            seconds = float(manifest["stages"][stage]["wall_s"])
+            result["stages"][stage]["seconds"].append(round(seconds, 2))
+            result["stages"][stage]["peak_rss_gib"].append(round(rss, 3))
+            result["process_seconds"][stage].append(round(wall, 2))
+            print(f"  {stage:9s} {seconds:9.1f} s (process {wall:7.1f} s)  peak RSS {rss:6.2f} GiB", flush=True)
+        metrics = json.loads((run / "metrics.json").read_text())
+        sps = float(metrics["rank"]["throughput"]["train_samples_per_s"])
+        result["rank_train_samples_per_s"].append(round(sps, 1))
+        result["sizes"].append({"n_items": n_items, "n_events": n_events})
+        result["n_users"].append(n_users)
+        print(f"  ranker train samples/s: {sps:,.0f}", flush=True)
+        if not args.keep:
+            shutil.rmtree(run, ignore_errors=True)
+    events = [s["n_events"] for s in result["sizes"]]
+    for stage in STAGES:
+        g = growth_exponent(events, result["stages"][stage]["seconds"])
+        result["growth_exponent"][stage] = None if g is None else round(g, 3)
+    result["load_average"]["end"] = list(os.getloadavg())
+
+    print("\n| stage | " + " | ".join(f"{s['n_items']:,} x {s['n_events']:,}" for s in result["sizes"])
+          + " | growth exponent |")
+    print("|---|" + "---|" * len(result["sizes"]) + "---|")
+    for stage in STAGES:
+        cells = [f"{t:.1f} s, {r:.2f} GiB" for t, r in zip(result["stages"][stage]["seconds"],
+                                                          result["stages"][stage]["peak_rss_gib"])]
+        g = result["growth_exponent"][stage]
+        print(f"| {stage} | " + " | ".join(cells) + f" | {'-' if g is None else f'{g:.2f}'} |")
+    sps = result["rank_train_samples_per_s"]
+    print("| ranker train samples/s | " + " | ".join(f"{v:,.0f}" for v in sps) + " | |")
+    goals = []
+    gs = [g for g in result["growth_exponent"].values() if g is not None]
+    if gs:
+        goals.append(f"max growth exponent {max(gs):.2f} (goal <= 1.15)")
+    goals.append(f"max peak RSS at the largest size {max(result['stages'][s]['peak_rss_gib'][-1] for s in STAGES):.2f}"
+                 " GiB (goal <= 12)")
+    if len(sps) > 1:
+        goals.append(f"ranker samples/s largest / smallest {sps[-1] / sps[0]:.2f} (goal >= 0.7)")
+    print("; ".join(goals))
+    le = result["load_average"]["end"]
+    print(f"load average at end: {le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if not args.keep and args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

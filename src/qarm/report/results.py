@@ -1,0 +1,385 @@
+"""Markdown tables of a run (``metrics.json``) or a pipeline-seed study (``study.json``).
+
+``qarm results DIR`` prints them; the README's results tables are pasted from this output and
+kept in sync by :func:`update_readme` / :func:`check_readme` (``qarm results --readme README.md``).
+The output is a pure function of the JSON: rows and columns in a fixed order, fixed decimals,
+no timestamps, so the same file always renders to the same bytes.
+
+A cell is ``mean ± std``: for a run, the spread over the ranker's seeds (``rank.seeds``); for a
+study, over the pipeline seeds, each value being that seed's mean over its ranker seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from qarm.errors import QarmError
+
+VARIANT_ORDER = ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense")
+METHOD_ORDER = ("aligned_codes", "raw_codes", "sasrec", "popularity")
+RETRIEVE_METRICS = ("recall@5", "recall@10", "recall@50", "ndcg@5", "ndcg@10", "ndcg@50",
+                    "cold_recall@10", "cold_recall@50")
+NA = "n/a"
+
+# (key under rank.variants.<v>.<task>, column label); dotted keys are nested objects
+MAIN_METRICS = (("auc", "AUC"), ("gauc", "GAUC"), ("cold_auc", "**cold AUC**"),
+                ("warm_users.auc", "warm-user AUC"), ("warm_users.gauc", "warm-user GAUC"),
+                ("new_users.auc", "new-user AUC"), ("new_users.gauc", "new-user GAUC"))
+OTHER_TASK_METRICS = (("auc", "AUC"), ("cold_auc", "cold AUC"))
+TASK_METRICS = (("auc", "AUC"), ("gauc", "GAUC"), ("logloss", "LogLoss"),
+                ("cold_auc", "cold AUC"), ("cold_gauc", "cold GAUC"), ("cold_logloss", "cold LogLoss"),
+                ("warm_users.auc", "warm-user AUC"), ("warm_users.gauc", "warm-user GAUC"),
+                ("new_users.auc", "new-user AUC"), ("new_users.gauc", "new-user GAUC"),
+                ("cold_warm_users.auc", "cold warm-user AUC"), ("cold_new_users.auc", "cold new-user AUC"))
+
+# (section, key, label, format): the headline figures of the upstream stages
+STAGE_FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    ("pairs", "n_u2i", "U2I pairs", "int"),
+    ("pairs", "n_i2i", "Swing I2I pairs", "int"),
+    ("pairs", "item_coverage", "item coverage", "share"),
+    ("pairs", "item_coverage_of_positive_items", "item coverage (items with a train positive)", "share"),
+    ("pairs", "u2i_recall@10", "U2I Recall@10 (valid)", "share"),
+    ("pairs", "u2i_recall@50", "U2I Recall@50 (valid)", "share"),
+    ("pairs", "u2i_recall@100", "U2I Recall@100 (valid)", "share"),
+    ("pairs", "popularity_recall@10", "popularity Recall@10 (valid)", "share"),
+    ("pairs", "popularity_recall@50", "popularity Recall@50 (valid)", "share"),
+    ("pairs", "popularity_recall@100", "popularity Recall@100 (valid)", "share"),
+    ("pairs", "same_business_cluster.mined", "mined pairs sharing a business cluster", "share"),
+    ("pairs", "same_business_cluster.random", "random pairs sharing a business cluster", "share"),
+    ("align", "raw.recall@10", "raw Recall@10 (valid pairs)", "share"),
+    ("align", "aligned.recall@10", "aligned Recall@10 (valid pairs)", "share"),
+    ("align", "raw.recall@50", "raw Recall@50 (valid pairs)", "share"),
+    ("align", "aligned.recall@50", "aligned Recall@50 (valid pairs)", "share"),
+    ("align", "raw.cold_recall@50", "raw cold-target Recall@50", "share"),
+    ("align", "aligned.cold_recall@50", "aligned cold-target Recall@50", "share"),
+    ("align", "raw.business_nmi", "raw business-cluster NMI", "share"),
+    ("align", "aligned.business_nmi", "aligned business-cluster NMI", "share"),
+    ("quantize", "rq.collision_rate", "RQ collision rate", "share"),
+    ("quantize", "rq.unique_sid_ratio", "RQ unique-SID ratio", "share"),
+    ("quantize", "rq.max_items_per_code", "RQ max items per code", "int"),
+    ("quantize", "rq.perplexity", "RQ perplexity per level", "float1"),
+    ("quantize", "rq.rel_recon_error", "RQ relative reconstruction error per level", "float3"),
+    ("quantize", "rq.holdout_collision_rate", "RQ collision rate, held-out items", "share"),
+    ("quantize", "vq.distinct_codes_used", "VQ pool codes used", "int"),
+    ("quantize", "vq.pool_size", "VQ pool size", "int"),
+    ("quantize", "vq.neighbor_overlap", "VQ neighbour overlap", "share"),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# access: one view over a run's metrics.json and a study's study.json
+
+
+def is_study(data: Mapping[str, Any]) -> bool:
+    return data.get("kind") == "study"
+
+
+def lookup(tree: Any, key: str) -> Any:
+    """``tree[key]`` for a flat dotted key (``rq.perplexity``) or the nested path it names."""
+    if not isinstance(tree, Mapping):
+        return None
+    if key in tree:
+        return tree[key]
+    head, dot, rest = key.partition(".")
+    if dot and isinstance(tree.get(head), Mapping):
+        return lookup(tree[head], rest)
+    return None
+
+
+def _section(data: Mapping[str, Any], name: str) -> Any:
+    return data.get(name) if is_study(data) else data.get("rank", {}).get(name)
+
+
+def variants_of(data: Mapping[str, Any]) -> dict[str, Any]:
+    return _section(data, "variants") or {}
+
+
+def buckets_of(data: Mapping[str, Any]) -> dict[str, Any]:
+    return _section(data, "buckets") or {}
+
+
+def rank_info(data: Mapping[str, Any], key: str) -> Any:
+    return lookup(data.get("rank") or {}, key)
+
+
+def ordered(names, preferred) -> list[str]:
+    names, preferred = list(names), list(dict.fromkeys(preferred))
+    return [p for p in preferred if p in names] + sorted(n for n in names if n not in preferred)
+
+
+def tasks_of(data: Mapping[str, Any]) -> list[str]:
+    found = {t for v in variants_of(data).values() if isinstance(v, Mapping)
+             for t, m in v.items() if t != "best_epoch" and isinstance(m, Mapping) and "auc" in m}
+    configured = list(((data.get("config") or {}).get("rank") or {}).get("tasks") or [])
+    return ordered(found, configured + ["click", "like"])
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _fmt(v: float | None, kind: str) -> str:
+    if v is None:
+        return NA
+    if kind == "int":
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+    decimals = {"float1": 1, "float3": 3, "bucket": 3}.get(kind, 4)
+    return f"{v:.{decimals}f}"
+
+
+def cell(value: Any, kind: str = "metric", spread: bool = True) -> str:
+    """A number, ``{mean, std[, values]}`` or a list of either as fixed-decimal text."""
+    if isinstance(value, Mapping) and "mean" in value:
+        mean, std = value.get("mean"), value.get("std")
+        if isinstance(mean, list):
+            stds = std if isinstance(std, list) else [None] * len(mean)
+            return " / ".join(cell({"mean": m, "std": s}, kind, spread) for m, s in zip(mean, stds))
+        m, s = _num(mean), _num(std)
+        if m is None:
+            return NA
+        if not spread or s is None:
+            return _fmt(m, kind)
+        return f"{_fmt(m, kind)} ± {_fmt(s, kind)}"
+    if isinstance(value, list):
+        return " / ".join(cell(v, kind, spread) for v in value)
+    return _fmt(_num(value), kind)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _ranker_seeds(data: Mapping[str, Any]) -> list[Any] | None:
+    return ((data.get("config") or {}).get("rank") or {}).get("seeds")
+
+
+def has_spread(data: Mapping[str, Any]) -> bool:
+    """False when the ± would be over a single seed (always 0): the cells then show the mean only."""
+    if is_study(data):
+        return len(data.get("seeds") or []) != 1
+    return len(_ranker_seeds(data) or [None, None]) != 1
+
+
+def _seeds_note(data: Mapping[str, Any]) -> str:
+    ranker = _ranker_seeds(data)
+    ranker_txt = ", ".join(map(str, ranker)) if ranker else "the configured ranker seeds"
+    if is_study(data):
+        seeds = ", ".join(map(str, data.get("seeds", [])))
+        if not has_spread(data):
+            return f"pipeline seed {seeds} (one seed: no spread); mean over ranker seeds {ranker_txt}"
+        return (f"mean ± std over pipeline seeds {seeds} (sample std); each seed's value is its mean over "
+                f"ranker seeds {ranker_txt}")
+    if not has_spread(data):
+        return f"ranker seed {ranker_txt} (one seed: no spread)"
+    return f"mean ± std over ranker seeds {ranker_txt} (sample std)"
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def _has(variants: Mapping[str, Any], task: str, key: str) -> bool:
+    return any(lookup(v.get(task), key) is not None for v in variants.values() if isinstance(v, Mapping))
+
+
+def rank_table(data: Mapping[str, Any], task: str | None = None) -> str:
+    """Variants x (first task: AUC, GAUC, cold AUC, warm-/new-user AUC and GAUC; other tasks: AUC, cold AUC).
+
+    With ``task``: every metric of that one task."""
+    variants = variants_of(data)
+    if not variants:
+        raise QarmError("no ranking figures (rank.variants): run the 'train' stage")
+    tasks = tasks_of(data)
+    if task is not None and task not in tasks:
+        raise QarmError(f"task {task!r} not among the ranking figures ({', '.join(tasks)})")
+    cols: list[tuple[str, str, str]] = []
+    plan = [(task, TASK_METRICS)] if task else [(t, MAIN_METRICS if i == 0 else OTHER_TASK_METRICS)
+                                               for i, t in enumerate(tasks)]
+    for t, metrics in plan:
+        cols += [(t, k, f"{t} {label}") for k, label in metrics if _has(variants, t, k)]
+    rows = []
+    for v in ordered(variants, VARIANT_ORDER):
+        rows.append([f"`{v}`"] + [cell(lookup(variants[v].get(t), k), spread=has_spread(data)) for t, k, _ in cols])
+    return table(["variant"] + [c[2] for c in cols], rows)
+
+
+def _bucket_key(label: str) -> tuple[float, str]:
+    found = re.match(r"\s*(\d+)", str(label))
+    return (float(found.group(1)) if found else math.inf, str(label))
+
+
+def buckets_table(data: Mapping[str, Any], task: str | None = None) -> str:
+    """Variants x item-frequency buckets: test AUC of ``task`` (default: the first task), means only."""
+    buckets = buckets_of(data)
+    if not buckets:
+        raise QarmError("no per-bucket figures (rank.buckets): run the 'train' stage")
+    if task is None:
+        found = ordered({t for v in buckets.values() for t in v}, tasks_of(data))
+        if not found:
+            raise QarmError("no per-bucket figures (rank.buckets): run the 'train' stage")
+        task = found[0]
+    labels = sorted({b for v in buckets.values() for b in (v.get(task) or {})}, key=_bucket_key)
+    rows = [[f"`{v}`"] + [cell((buckets[v].get(task) or {}).get(b), "bucket", spread=False) for b in labels]
+            for v in ordered(buckets, VARIANT_ORDER)]
+    return table(["variant"] + labels, rows)
+
+
+def stages_table(data: Mapping[str, Any]) -> str:
+    """Headline figures of pairs, align and quantize (those present)."""
+    rows = []
+    for section, key, label, kind in STAGE_FIGURES:
+        v = lookup(data.get(section) or {}, key)
+        if v is not None:
+            rows.append([section, label, cell(v, kind, spread=has_spread(data))])
+    if not rows:
+        raise QarmError("no pairs/align/quantize figures: run those stages")
+    return table(["stage", "figure", "value"], rows)
+
+
+def retrieve_table(data: Mapping[str, Any]) -> str:
+    """Retrieval methods x Recall/NDCG (those present)."""
+    ret = {k: v for k, v in (data.get("retrieve") or {}).items() if isinstance(v, Mapping) and not _is_spread(v)}
+    if not ret:
+        raise QarmError("no retrieval figures (retrieve): run the 'retrieve' stage")
+    found = {k for v in ret.values() for k, x in v.items() if _num(x) is not None or _is_spread(x)}
+    metrics = ordered(found, RETRIEVE_METRICS)
+    rows = [[f"`{m}`"] + [cell(ret[m].get(k), spread=has_spread(data)) for k in metrics]
+            for m in ordered(ret, METHOD_ORDER)]
+    return table(["method"] + metrics, rows)
+
+
+def _is_spread(v: Any) -> bool:
+    return isinstance(v, Mapping) and "mean" in v
+
+
+def _caption(data: Mapping[str, Any]) -> str:
+    parts = []
+    for key, label in (("n_test", "test events"), ("n_test_warm_user_events", "warm users"),
+                       ("n_test_new_user_events", "new users"), ("n_cold_test", "cold_test events")):
+        v = rank_info(data, key)
+        if v is not None:
+            parts.append(f"{label} {cell(v, 'int', spread=False)}")
+    return "; ".join(parts)
+
+
+TABLES: dict[str, tuple[str, Callable[..., str]]] = {
+    "rank": ("Ranking", rank_table),
+    "buckets": ("Test AUC per item-frequency bucket (train count), mean", buckets_table),
+    "stages": ("Pairs, alignment and quantisation", stages_table),
+    "retrieve": ("Retrieval", retrieve_table),
+}
+
+
+def render_table(data: Mapping[str, Any], name: str, **options: str) -> str:
+    """One table by name (``rank``, ``buckets``, ``stages``, ``retrieve``); ``task=`` for rank/buckets."""
+    if name not in TABLES:
+        raise QarmError(f"unknown results table {name!r}; tables: {', '.join(TABLES)}")
+    unknown = set(options) - ({"task"} if name in ("rank", "buckets") else set())
+    if unknown:
+        raise QarmError(f"table {name!r} takes no option {sorted(unknown)[0]!r}")
+    return TABLES[name][1](data, **options)
+
+
+def available_tables(data: Mapping[str, Any]) -> list[str]:
+    out = []
+    for name in TABLES:
+        try:
+            render_table(data, name)
+        except QarmError:
+            continue
+        out.append(name)
+    return out
+
+
+def render_all(data: Mapping[str, Any]) -> str:
+    """Every table the JSON has, each under a heading, with what its ± means."""
+    what = "Study" if is_study(data) else "Run"
+    name = data.get("config_name") or (data.get("config") or {}).get("name") or ""
+    lines = [f"## {what}{': ' + name if name else ''}", ""]
+    if is_study(data):
+        lines += [f"- pipeline seeds: {', '.join(map(str, data.get('seeds', [])))}",
+                  f"- git commit: {data.get('git_commit') or 'unknown'}"
+                  + (" (uncommitted changes)" if data.get("git_dirty") else ""),
+                  f"- qarm {data.get('qarm_version', '?')}"]
+        if data.get("command"):
+            lines.append(f"- command: `{data['command']}`")
+        lines.append("")
+    for key in available_tables(data):
+        title, _ = TABLES[key]
+        lines += [f"### {title}", ""]
+        if key in ("rank", "buckets"):
+            note = _seeds_note(data) if key == "rank" else "means; " + _seeds_note(data)
+            caption = _caption(data) if key == "rank" else ""
+            lines += [f"{note}{'; ' + caption if caption else ''}.", ""]
+        lines += [render_table(data, key), ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# README blocks: <!-- results: PATH table=NAME [task=T] --> ... <!-- /results -->
+
+BLOCK = re.compile(r"(<!-- results: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def parse_spec(spec: str, where: str = "README") -> tuple[str, str, dict[str, str]]:
+    """``"docs/results/x.json table=rank task=like"`` -> (path, table, options)."""
+    path, *opts = spec.split()
+    options = {}
+    for o in opts:
+        k, sep, v = o.partition("=")
+        if not sep:
+            raise QarmError(f"{where}: results marker option {o!r}: expected key=value")
+        options[k] = v
+    if "table" not in options:
+        raise QarmError(f"{where}: results marker for {path} names no table= (tables: {', '.join(TABLES)})")
+    return path, options.pop("table"), options
+
+
+def render_blocks(text: str, root: Path, load: Callable[[Path], Mapping[str, Any]] | None = None,
+                  where: str = "README") -> tuple[str, list[str]]:
+    """``text`` with every marked results block re-rendered from its JSON (paths relative to ``root``).
+
+    Returns (new text, names of blocks whose body changed)."""
+    from qarm.study import load_results
+
+    load = load or load_results
+    changed: list[str] = []
+
+    def one(m: re.Match) -> str:
+        path, name, options = parse_spec(m.group("spec"), where)
+        p = root / path
+        if not p.is_file():
+            raise QarmError(f"{where}: results block for table={name} names {path}, which does not exist")
+        body = render_table(load(p), name, **options) + "\n"
+        if body != m.group("body"):
+            changed.append(f"{path} table={name}" + "".join(f" {k}={v}" for k, v in options.items()))
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(one, text), changed
+
+
+def update_readme(readme: str | Path, check: bool = False) -> list[str]:
+    """Re-render the marked blocks of ``readme`` in place (or, with ``check``, only report drift).
+
+    Returns the blocks that differed from their JSON."""
+    from qarm.io import write_bytes
+
+    path = Path(readme)
+    if not path.is_file():
+        raise QarmError(f"{path}: no such file")
+    text = path.read_text()
+    new, changed = render_blocks(text, path.resolve().parent, where=str(path))
+    if changed and not check:
+        write_bytes(path, new.encode())
+    return changed
