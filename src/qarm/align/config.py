@@ -41,7 +41,7 @@ class AlignConfig:
     learnable_temperature: bool = True
     source_weights: dict[str, float] = field(default_factory=lambda: {"u2i": 1.0, "i2i": 1.0})
     max_pairs: int = 0                        # 0: all pairs; else a seeded sample (tiny CPU runs of live modes)
-    content_weight: float = 0.0               # raw-similarity distillation beside InfoNCE (0 = off; docs/alignment.md)
+    content_weight: float = 0.0               # raw-similarity distillation beside InfoNCE (0 = off; docs/metrics.md)
     content_temperature: float = 0.05         # softmax temperature of both similarity distributions
     # bring your own item embeddings (a frozen "given" tower feature; no text/image tower runs, mode head)
     item_embeddings: str = ""                 # "" | path.npy (+ item_embedding_ids) | path.parquet/.csv | "items"

@@ -24,7 +24,7 @@ import numpy as np
 
 from qarm.io import read_json, read_npy, write_json, write_npy
 from qarm.quant.checks import QuantizeError, check_embeddings
-from qarm.quant.rq import RQKMeans
+from qarm.quant.rq import RQKMeans, read_codebooks, sum_codewords, write_codebooks
 
 _EPS = 1e-3
 
@@ -203,10 +203,7 @@ class ResKMeansFSQ:
             bad = np.flatnonzero((codes[:, level] < 0) | (codes[:, level] >= k))
             if bad.size:
                 raise QuantizeError(f"level {level + 1} codes must lie in [0, {k}); rows {bad[:10].tolist()} do not")
-        out = np.zeros((len(codes), self.dim_), np.float32)
-        for level, C in enumerate(self.codebooks_):
-            out += C[codes[:, level]]
-        return out
+        return sum_codewords(self.codebooks_, codes, self.dim_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "codebooks_"):
@@ -217,12 +214,9 @@ class ResKMeansFSQ:
         """Write rq.json (method "fsq"), rq_codebook_<l>.npy per level and fsq_{enc,dec}_{w,b}.npy (atomic)."""
         self._check_fitted()
         d = Path(directory)
-        for level, C in enumerate(self.codebooks_):
-            write_npy(d / f"rq_codebook_{level}.npy", C)
+        write_codebooks(d, self.codebooks_, self.price_keys_, self.price_values_)
         for name in ("enc_w", "enc_b", "dec_w", "dec_b"):
             write_npy(d / f"fsq_{name}.npy", getattr(self, f"{name}_"))
-        write_npy(d / "rq_price_keys.npy", self.price_keys_)
-        write_npy(d / "rq_price_values.npy", self.price_values_)
         write_json(d / "rq.json", {"method": "fsq", "params": self.get_params(), "dim": self.dim_,
                                    "levels": self.levels_.tolist(), "fsq_loss": self.fsq_loss_})
 
@@ -238,11 +232,9 @@ class ResKMeansFSQ:
         model.dim_ = int(meta["dim"])
         model.levels_ = np.asarray(meta["levels"], np.int64)
         model.fsq_loss_ = float(meta.get("fsq_loss", float("nan")))
-        model.codebooks_ = [read_npy(d / f"rq_codebook_{level}.npy") for level in range(len(model.sizes))]
+        model.codebooks_, model.price_keys_, model.price_values_ = read_codebooks(d, len(model.sizes))
         for name in ("enc_w", "enc_b", "dec_w", "dec_b"):
             setattr(model, f"{name}_", read_npy(d / f"fsq_{name}.npy"))
-        model.price_keys_ = read_npy(d / "rq_price_keys.npy")
-        model.price_values_ = read_npy(d / "rq_price_values.npy")
         model._coarse = RQKMeans(model.sizes[:-1], balanced=False, chunk_size=model.chunk_size)
         model._coarse.dim_, model._coarse.codebooks_ = model.dim_, model.codebooks_[:-1]
         model._coarse.price_keys_, model._coarse.price_values_ = np.empty(0, np.int64), np.empty(0, np.float32)

@@ -337,10 +337,7 @@ class RQKMeans(ParamsMixin):
         return key
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        out = np.zeros((codes.shape[0], self.dim_), np.float32)
-        for level, C in enumerate(self.codebooks_):
-            out += C[codes[:, level]]
-        return out
+        return sum_codewords(self.codebooks_, codes, self.dim_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "codebooks_"):
@@ -351,10 +348,7 @@ class RQKMeans(ParamsMixin):
         """Write rq.json, rq_codebook_<l>.npy per level and rq_price_{keys,values}.npy (atomic writes)."""
         self._check_fitted()
         d = Path(directory)
-        for level, C in enumerate(self.codebooks_):
-            write_npy(d / f"rq_codebook_{level}.npy", C)
-        write_npy(d / "rq_price_keys.npy", self.price_keys_)
-        write_npy(d / "rq_price_values.npy", self.price_values_)
+        write_codebooks(d, self.codebooks_, self.price_keys_, self.price_values_)
         params = {k: v for k, v in self.get_params().items() if k != "verbose"}  # how it ran, not what it is
         params["sizes"] = [int(k) for k in self.sizes]
         write_json(d / "rq.json", {"params": params, "dim": self.dim_})
@@ -367,13 +361,34 @@ class RQKMeans(ParamsMixin):
             raise QuantizeError(f"{d / 'rq.json'} is missing: run the 'quantize' stage first")
         model = cls(**meta["params"])
         model.dim_ = int(meta["dim"])
-        model.codebooks_ = [read_npy(d / f"rq_codebook_{level}.npy") for level in range(len(model.sizes))]
-        model.price_keys_ = read_npy(d / "rq_price_keys.npy")
-        model.price_values_ = read_npy(d / "rq_price_values.npy")
+        model.codebooks_, model.price_keys_, model.price_values_ = read_codebooks(d, len(model.sizes))
         return model
 
     def __repr__(self) -> str:
         return f"RQKMeans({json.dumps(self.get_params(), default=str)})"
+
+
+def sum_codewords(codebooks: list[np.ndarray], codes: np.ndarray, dim: int) -> np.ndarray:
+    """Residual decoding: the sum over levels of each row's codeword, float32 [n, dim], from codes
+    int64 [n, L] and one codebook float32 [K_l, dim] per level."""
+    out = np.zeros((codes.shape[0], dim), np.float32)
+    for level, C in enumerate(codebooks):
+        out += C[codes[:, level]]
+    return out
+
+
+def write_codebooks(d: Path, codebooks: list[np.ndarray], price_keys: np.ndarray, price_values: np.ndarray) -> None:
+    """rq_codebook_<l>.npy per level and rq_price_{keys,values}.npy under ``d`` (atomic writes)."""
+    for level, C in enumerate(codebooks):
+        write_npy(d / f"rq_codebook_{level}.npy", C)
+    write_npy(d / "rq_price_keys.npy", price_keys)
+    write_npy(d / "rq_price_values.npy", price_values)
+
+
+def read_codebooks(d: Path, n_levels: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """What ``write_codebooks`` wrote: (codebooks, price_keys, price_values)."""
+    codebooks = [read_npy(d / f"rq_codebook_{level}.npy") for level in range(n_levels)]
+    return codebooks, read_npy(d / "rq_price_keys.npy"), read_npy(d / "rq_price_values.npy")
 
 
 def _mse(X: np.ndarray, Xhat: np.ndarray) -> float:

@@ -17,7 +17,26 @@ from qarm.retrieve.evaluate import recall_ndcg, target_ranks
 
 class SequenceRetriever(BaseEstimator):
     """Base of the sequence retrievers: ``fit(..., train_seqs, valid_hist, valid_target)`` and
-    ``recommend(histories) -> int64 [U, k]`` item rows, best first (-1 = empty slot)."""
+    ``recommend(histories) -> int64 [U, k]`` item rows, best first (-1 = empty slot).
+
+    Both take the same parameters, so that a comparison gives them the same budget: ``max_len``
+    history items read; transformer ``dim``/``layers``/``heads``/``dropout``; ``epochs``,
+    ``patience`` (valid Recall@10), ``batch_size`` windows, ``lr``, ``weight_decay``; ``beam_size``
+    (generative decoding only); ``exclude_history``; ``valid_users`` (0 = all);
+    ``eval_batch_users``; ``windows_per_user`` (0 = every window); ``device``; ``seed``; ``verbose``.
+    """
+
+    def __init__(self, max_len: int = 50, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
+                 epochs: int = 30, patience: int = 5, batch_size: int = 128, lr: float = 1e-3,
+                 weight_decay: float = 0.0, beam_size: int = 20, exclude_history: bool = True,
+                 valid_users: int = 0, eval_batch_users: int = 128, windows_per_user: int = 0,
+                 device: str = "cpu", seed: int = 0, verbose: bool = False) -> None:
+        self.max_len, self.dim, self.layers, self.heads, self.dropout = max_len, dim, layers, heads, dropout
+        self.epochs, self.patience, self.batch_size, self.lr = epochs, patience, batch_size, lr
+        self.weight_decay, self.beam_size, self.exclude_history = weight_decay, beam_size, exclude_history
+        self.valid_users, self.eval_batch_users = valid_users, eval_batch_users
+        self.windows_per_user = windows_per_user
+        self.device, self.seed, self.verbose = device, seed, verbose
 
     def _setup(self) -> torch.device:
         self.device_ = resolve_device(self.device, "retrieve.device")

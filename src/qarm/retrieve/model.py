@@ -67,26 +67,11 @@ class CodeDecoder(nn.Module):
 class GenerativeRetriever(SequenceRetriever):
     """TIGER-style generative retrieval over semantic IDs, decoder-only (scikit-learn style).
 
-    Parameters: ``max_len`` history items read; transformer ``dim``/``layers``/``heads``/``dropout``;
-    ``epochs``, ``patience`` (valid Recall@10), ``batch_size`` windows, ``lr``, ``weight_decay``;
-    ``beam_size``; ``exclude_history``; ``valid_users`` (0 = all); ``eval_batch_users``; ``device``;
-    ``seed``; ``verbose``.
+    Parameters: those of ``SequenceRetriever`` (shared with SASRec, so both get the same budget).
 
     Learned: ``codes_`` int64 [n_items, T] (input codes + dedup level), ``space_`` (TokenSpace),
     ``trie_`` (CodeTrie), ``net_`` (CodeDecoder), ``fit_log_`` (FitLog).
     """
-
-    def __init__(self, max_len: int = 50, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
-                 epochs: int = 30, patience: int = 5, batch_size: int = 128, lr: float = 1e-3,
-                 weight_decay: float = 0.0, beam_size: int = 20, exclude_history: bool = True,
-                 valid_users: int = 0, eval_batch_users: int = 128, windows_per_user: int = 0,
-                 device: str = "cpu", seed: int = 0, verbose: bool = False) -> None:
-        self.max_len, self.dim, self.layers, self.heads, self.dropout = max_len, dim, layers, heads, dropout
-        self.epochs, self.patience, self.batch_size, self.lr = epochs, patience, batch_size, lr
-        self.weight_decay, self.beam_size, self.exclude_history = weight_decay, beam_size, exclude_history
-        self.valid_users, self.eval_batch_users = valid_users, eval_batch_users
-        self.windows_per_user = windows_per_user
-        self.device, self.seed, self.verbose = device, seed, verbose
 
     # ------------------------------------------------------------------ fit
     def fit(self, codes: np.ndarray, train_seqs: list[np.ndarray], valid_hist: list[np.ndarray] | None = None,

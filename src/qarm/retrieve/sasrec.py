@@ -51,18 +51,6 @@ class SASRecRetriever(SequenceRetriever):
     Learned: ``net_`` (SASRecNet), ``n_items_``, ``fit_log_``.
     """
 
-    def __init__(self, max_len: int = 50, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
-                 epochs: int = 30, patience: int = 5, batch_size: int = 128, lr: float = 1e-3,
-                 weight_decay: float = 0.0, beam_size: int = 20, exclude_history: bool = True,
-                 valid_users: int = 0, eval_batch_users: int = 128, windows_per_user: int = 0,
-                 device: str = "cpu", seed: int = 0, verbose: bool = False) -> None:
-        self.max_len, self.dim, self.layers, self.heads, self.dropout = max_len, dim, layers, heads, dropout
-        self.epochs, self.patience, self.batch_size, self.lr = epochs, patience, batch_size, lr
-        self.weight_decay, self.beam_size, self.exclude_history = weight_decay, beam_size, exclude_history
-        self.valid_users, self.eval_batch_users = valid_users, eval_batch_users
-        self.windows_per_user = windows_per_user
-        self.device, self.seed, self.verbose = device, seed, verbose
-
     def fit(self, n_items: int, train_seqs: list[np.ndarray], valid_hist: list[np.ndarray] | None = None,
             valid_target: np.ndarray | None = None, checkpoint: str | Path | None = None) -> SASRecRetriever:
         """n_items: catalogue size (rows 0..n_items-1, held-out items included: they stay untrained rows)."""

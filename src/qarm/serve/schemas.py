@@ -56,33 +56,6 @@ class RankResponse(BaseModel):
     items: list[CandidateScores]
 
 
-def request_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
-    """(NewItem, ItemsRequest, RankRequest) with ``cfg``'s limits."""
-    NewItem, ItemsRequest, RankRequest, _ = all_request_models(cfg)
-    class IngestRequest(BaseModel):
-        """POST /items: every item needs its ``item_id``; ``overwrite`` allows catalogue ids."""
-
-        model_config = ConfigDict(extra="forbid")
-        items: list[NewItem] = Field(min_length=1, max_length=cfg.max_batch_items)
-        overwrite: Annotated[bool, Strict()] = False
-
-        @model_validator(mode="after")
-        def _ids_given_once(self) -> "IngestRequest":
-            ids = [it.item_id for it in self.items]
-            missing = [j for j, i in enumerate(ids) if i is None]
-            if missing:
-                raise ValueError(f"items[{missing[0]}] has no item_id: POST /items stores items by id "
-                                 f"(POST /items/codes codes items without storing them)")
-            seen: set[int] = set()
-            for j, i in enumerate(ids):
-                if i in seen:
-                    raise ValueError(f"items[{j}]: item_id {i} appears more than once in the request")
-                seen.add(i)
-            return self
-
-    return NewItem, ItemsRequest, RankRequest, IngestRequest
-
-
 def all_request_models(cfg: ServeConfig) -> tuple[type[BaseModel], ...]:
     """(NewItem, ItemsRequest, RankRequest, IngestRequest) with ``cfg``'s limits."""
     Text = Annotated[str, Field(max_length=cfg.max_text_chars)]
