@@ -200,6 +200,9 @@ def run_stages(cfg: Config, out: str | Path, stages: Sequence[str] | None = None
                 producer = next(s.name for s in STAGES if name in s.outputs)
                 raise StageInputError(f"stage '{stage.name}' needs {run / name}: run the '{producer}' stage first")
         inputs = _hashes(run, stage.inputs)
+        import torch  # every stage imports it anyway; here only to record the thread count results depend on
+
+        threads = torch.get_num_threads()
         t0 = time.perf_counter()
         metrics = stage.load()(cfg, run)
         wall = time.perf_counter() - t0
@@ -212,6 +215,7 @@ def run_stages(cfg: Config, out: str | Path, stages: Sequence[str] | None = None
             "outputs": _hashes(run, stage.outputs),
             "version": __version__,
             "wall_s": round(wall, 3),
+            "torch_threads": threads,  # same config, seed and thread count: same bytes
             "rows": {n: _row_count(run / n) for n in stage.outputs if (run / n).is_file()},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

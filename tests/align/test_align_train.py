@@ -114,3 +114,25 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     t2 = AlignTrainer(epochs=1, batch_size=64, seed=3, progress=False).fit(other, store, pairs[:, 0], pairs[:, 1], w,
                                                                            ids, checkpoint=ckpt, checkpoint_key="x")
     assert t2.epochs_run_ == 1
+
+
+def test_business_agreement_blocked_matches_a_full_pairwise_reference():
+    """Chunked neighbour search = the full n x n reference; sampled queries stay close to it."""
+    from qarm.align.evaluate import business_agreement
+    rng = np.random.default_rng(0)
+    business = rng.integers(0, 5, size=600)
+    business[::50] = -1                                            # unlabelled rows are ignored
+    centres = rng.normal(size=(5, 16))
+    emb = (centres[np.maximum(business, 0)] + rng.normal(scale=1.5, size=(600, 16))).astype(np.float32)
+    x, y = emb[business >= 0], business[business >= 0]
+    full = x @ x.T
+    np.fill_diagonal(full, -np.inf)
+    nn = np.argsort(-full, axis=1)[:, :10]
+    reference = float((y[nn] == y[:, None]).mean())
+    blocked = business_agreement(emb, business, seed=0, chunk=37)
+    assert blocked["business_precision@10"] == reference
+    assert 0.0 <= blocked["business_nmi"] <= 1.0
+    sampled = business_agreement(emb, business, seed=0, max_queries=200, chunk=37)
+    assert sampled["business_precision@10"] != reference          # a sample, not the full set
+    assert abs(sampled["business_precision@10"] - reference) < 0.05
+    assert sampled["business_nmi"] == blocked["business_nmi"]

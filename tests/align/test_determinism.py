@@ -9,6 +9,7 @@ pairs, embeddings and codes; the encoder reproduces emb_raw.npy / emb_aligned.np
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -91,7 +92,14 @@ def test_second_run_of_the_same_config_is_byte_identical(run_dir, ml100k_path, t
     (second / "align").mkdir(parents=True)
     shutil.copytree(run_dir / "align" / "cache", second / "align" / "cache")
     cfg = load_config(TEST_CONFIGS / "ml100k-fast.yaml", [f"data.path={ml100k_path}"])
-    run_stages(cfg, second, stages=STAGES, log=lambda _: None)
+    threads = {s: e["torch_threads"] for s, e in json.loads((run_dir / "manifest.json").read_text())["stages"].items()}
+    before = torch.get_num_threads()
+    try:  # the shared run may have been made under another test module's thread count
+        for stage in STAGES:
+            torch.set_num_threads(threads[stage])
+            run_stages(cfg, second, stages=[stage], log=lambda _: None)
+    finally:
+        torch.set_num_threads(before)
     for name in ("items.parquet", "events.parquet", "pairs.parquet", "emb_raw.npy", "emb_aligned.npy",
                  "codes.parquet"):
         assert (second / name).read_bytes() == (run_dir / name).read_bytes(), name

@@ -50,3 +50,7 @@ class AlignConfig:
     device: str = "auto"                      # auto | cpu | cuda | cuda:N (qarm.distributed)
     # evaluation
     eval_ks: list[int] = field(default_factory=lambda: [10, 50])
+    # each scored query costs O(items): above these, a seeded sample (0: all), so evaluation grows
+    # with the catalogue, not with catalogue x events
+    eval_max_pairs: int = 50_000              # valid pairs (and, separately, cold-target valid pairs) for recall
+    eval_max_items: int = 10_000              # query items for business precision@k (synthetic worlds only)

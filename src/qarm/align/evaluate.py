@@ -17,6 +17,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from qarm.pairs.inputs import load_positives
 from qarm.pairs.triggers import mine_triggers
+from qarm.sample import sample_rows
 
 
 def valid_pairs(items: pd.DataFrame, events: pd.DataFrame, u2i_emb: np.ndarray, label: str, window: int,
@@ -48,17 +49,27 @@ def recall_at_k(emb: np.ndarray, trigger: np.ndarray, target: np.ndarray, ks=(10
     return {k: hits[k] / len(trigger) for k in ks}
 
 
-def business_agreement(emb: np.ndarray, business: np.ndarray, seed: int = 0, k: int = 10) -> dict[str, float]:
+def business_agreement(emb: np.ndarray, business: np.ndarray, seed: int = 0, k: int = 10,
+                       max_queries: int = 10_000, chunk: int = 2048) -> dict[str, float]:
     """NMI of k-means clusters (as many as business clusters) with the true business clusters, and
-    precision@k: the share of each item's k nearest neighbours in its business cluster.
+    precision@k: the share of each item's k nearest neighbours (by dot product, over every labelled
+    item) in its business cluster.
 
-    emb float32 [n, d]; business int [n] (rows with a negative label are ignored)."""
+    emb float32 [n, d]; business int [n] (rows with a negative label are ignored). Precision is
+    averaged over at most ``max_queries`` query items (a seeded sample when there are more; all of
+    them otherwise), scored ``chunk`` rows at a time, so memory is O(chunk * n), never O(n^2)."""
     keep = business >= 0
     x, y = emb[keep], business[keep]
     n_clusters = len(np.unique(y))
     labels = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit_predict(x)
-    scores = x @ x.T
-    np.fill_diagonal(scores, -np.inf)
-    nn_idx = np.argpartition(-scores, kth=min(k, len(x) - 1) - 1, axis=1)[:, :k]
-    precision = float((y[nn_idx] == y[:, None]).mean())
+    queries = sample_rows(len(x), max_queries, seed)
+    kk = min(k, len(x) - 1)
+    same = 0
+    for a in range(0, len(queries), chunk):
+        q = queries[a:a + chunk]
+        scores = x[q] @ x.T                                     # [c, n]
+        scores[np.arange(len(q)), q] = -np.inf                  # never the item itself
+        nn_idx = np.argpartition(-scores, kth=kk - 1, axis=1)[:, :k]
+        same += int((y[nn_idx] == y[q][:, None]).sum())
+    precision = same / (len(queries) * nn_idx.shape[1])
     return {"business_nmi": float(normalized_mutual_info_score(y, labels)), f"business_precision@{k}": precision}

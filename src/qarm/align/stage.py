@@ -40,6 +40,7 @@ from qarm.errors import ConfigError, DataError
 from qarm.io import path_sha256, read_npy, read_parquet, write_npy
 from qarm.lookup import IdIndex
 from qarm.runner import RunDir
+from qarm.sample import sample_rows
 
 
 def check_config(ac: AlignConfig) -> None:
@@ -107,7 +108,7 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     align_dir = run.subdir("align")
     trigger, target, weights, pair_counts = pair_rows(pairs, item_ids, ac.source_weights, str(pairs_file))
     if ac.max_pairs and len(trigger) > ac.max_pairs:
-        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(trigger), ac.max_pairs, replace=False))
+        pick = sample_rows(len(trigger), ac.max_pairs, cfg.seed)
         trigger, target, weights = trigger[pick], target[pick], weights[pick]
     if len(trigger) < 2:
         raise DataError(f"{len(trigger)} usable pairs: contrastive alignment needs at least 2", file=str(pairs_file))
@@ -200,17 +201,21 @@ def evaluate(cfg: Config, run: RunDir, items: pd.DataFrame, events: pd.DataFrame
     out: dict = {"n_valid_pairs": int(len(trig))}
     cold = items["train_count"].to_numpy()[targ] == 0 if "train_count" in items.columns else np.zeros(len(targ), bool)
     out["n_valid_pairs_cold_target"] = int(cold.sum())
+    scored = sample_rows(len(trig), cfg.align.eval_max_pairs, cfg.seed)
+    cold_rows = np.flatnonzero(cold)
+    cold_rows = cold_rows[sample_rows(len(cold_rows), cfg.align.eval_max_pairs, cfg.seed)]
+    out["n_valid_pairs_scored"] = int(len(scored))
     for name, emb in (("raw", raw), ("aligned", aligned)):
-        for k, v in recall_at_k(emb, trig, targ, ks).items():
+        for k, v in recall_at_k(emb, trig[scored], targ[scored], ks).items():
             out[f"{name}.recall@{k}"] = v
-        if cold.any():
-            for k, v in recall_at_k(emb, trig[cold], targ[cold], ks).items():
+        if len(cold_rows):
+            for k, v in recall_at_k(emb, trig[cold_rows], targ[cold_rows], ks).items():
                 out[f"{name}.cold_recall@{k}"] = v
     truth_path = run / "data" / "ground_truth.parquet"
     if truth_path.exists():
         truth = read_parquet(truth_path).set_index("item_id")["business"]
         business = truth.reindex(items["item_id"]).fillna(-1).to_numpy(dtype=np.int64)
         for name, emb in (("raw", raw), ("aligned", aligned)):
-            for k, v in business_agreement(emb, business, cfg.seed).items():
+            for k, v in business_agreement(emb, business, cfg.seed, max_queries=cfg.align.eval_max_items).items():
                 out[f"{name}.{k}"] = v
     return out

@@ -355,7 +355,7 @@ def pairs_spark(cfg: Config, run: "RunDir") -> dict[str, Any]:
     emb = u2i.item_embeddings()
     write_npy(out_dir / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
-    metrics.update(_recall(u2i, train, valid))
+    metrics.update(_recall(u2i, train, valid, pc.eval_max_users, cfg.seed))
     step("u2i (PyTorch)")
 
     pos = spark.read.parquet(str(found["train"][0].resolve())).persist()

@@ -28,6 +28,7 @@ class PairsConfig:
     u2i_score_temperature: float = 0.15  # retrieval score = cosine / this + item bias (docs/pairs.md)
     u2i_weight_decay: float = 0.0
     device: str = "auto"           # auto | cpu | cuda | cuda:N (qarm.distributed.resolve_device)
+    eval_max_users: int = 50_000   # valid users scored for U2I recall, each O(items); above: a seeded sample (0: all)
     # trigger mining
     trigger_window: int = 50       # latest positives strictly before the target that may be its trigger
     trigger_min_score: float = -1.0  # keep trigger pairs with cosine above this (-1: all)

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from qarm.sample import sample_rows
+
 
 def same_cluster_rate(a: np.ndarray, b: np.ndarray, cluster_of: pd.Series) -> float:
     """Share of pairs (a[k], b[k]) (item ids) whose items share ``cluster_of`` (item_id -> label)."""
@@ -30,24 +32,28 @@ def random_pairs(item_ids: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, n
     return item_ids[a], item_ids[b]
 
 
-def tfidf_nearest_pairs(items: pd.DataFrame, item_ids: np.ndarray, batch: int = 2048
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Each item of ``item_ids`` paired with its cosine-nearest other item of ``item_ids`` in the
+def tfidf_nearest_pairs(items: pd.DataFrame, item_ids: np.ndarray, batch: int = 2048, max_queries: int = 0,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each item of ``item_ids`` (or of a seeded sample of ``max_queries`` of them, when > 0: each
+    query costs O(len(item_ids))) paired with its cosine-nearest other item of ``item_ids`` in the
     TF-IDF space of items.parquet ``text`` (the raw content space; no alignment involved)."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # slow import, synthetic runs only
 
     text = items.set_index("item_id").loc[item_ids, "text"].fillna("").astype(str).to_numpy()
     X = TfidfVectorizer(sublinear_tf=True).fit_transform(text)  # rows L2-normalised
     X = sp.csr_matrix(X)
-    nearest = np.empty(len(item_ids), dtype=np.int64)
-    for start in range(0, len(item_ids), batch):
-        sims = (X[start:start + batch] @ X.T).toarray()
-        sims[np.arange(sims.shape[0]), np.arange(start, start + sims.shape[0])] = -np.inf
+    queries = sample_rows(len(item_ids), max_queries, seed)
+    nearest = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), batch):
+        q = queries[start:start + batch]
+        sims = (X[q] @ X.T).toarray()
+        sims[np.arange(len(q)), q] = -np.inf
         nearest[start:start + batch] = sims.argmax(axis=1)
-    return item_ids, item_ids[nearest]
+    return item_ids[queries], item_ids[nearest]
 
 
-def business_agreement(pairs: pd.DataFrame, items: pd.DataFrame, truth: pd.DataFrame, seed: int) -> dict:
+def business_agreement(pairs: pd.DataFrame, items: pd.DataFrame, truth: pd.DataFrame, seed: int,
+                       max_content_queries: int = 10_000) -> dict:
     """same_business_cluster (and same_topic) of mined, random and content-NN pairs.
 
     pairs: the pairs.parquet table; truth: ground_truth.parquet (item_id, topic, business).
@@ -58,7 +64,8 @@ def business_agreement(pairs: pd.DataFrame, items: pd.DataFrame, truth: pd.DataF
     a, b = pairs["trigger_id"].to_numpy(), pairs["target_id"].to_numpy()
     support = np.unique(np.concatenate([a, b]))
     ra, rb = random_pairs(support, max(len(pairs), 10_000), seed)
-    ca, cb = tfidf_nearest_pairs(items, support) if len(support) > 1 else (support, support)
+    ca, cb = (tfidf_nearest_pairs(items, support, max_queries=max_content_queries, seed=seed)
+              if len(support) > 1 else (support, support))
     out = {}
     for key, col in (("same_business_cluster", "business"), ("same_topic", "topic")):
         if col not in truth.columns:

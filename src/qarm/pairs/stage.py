@@ -23,6 +23,7 @@ from qarm.pairs.swing import Swing
 from qarm.pairs.triggers import mine_triggers
 from qarm.pairs.twotower import U2IRetriever, recall_hits
 from qarm.runner import RunDir
+from qarm.sample import sample_rows
 
 SOURCES = ("u2i", "i2i")
 RECALL_KS = (10, 50, 100)
@@ -61,7 +62,7 @@ def run_pairs(cfg: Config, run: RunDir) -> dict:
     emb = u2i.item_embeddings()
     write_npy(run / "pairs" / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
-    metrics.update(_recall(u2i, train, valid))
+    metrics.update(_recall(u2i, train, valid, pc.eval_max_users, cfg.seed))
 
     tables = []
     for source in pc.sources:
@@ -124,17 +125,21 @@ def dedupe_unordered(pairs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return out.drop(columns=["_src", "_lo", "_hi"]).reset_index(drop=True), int(len(pairs) - len(out))
 
 
-def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, block: int = 1024) -> dict:
+def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, max_users: int = 0, seed: int = 0,
+            block: int = 1024) -> dict:
     """Recall@k of each user's first valid positive over the whole catalogue, two-tower vs popularity.
 
     The user tower sees the user's latest training positives; both rankers exclude the user's
     training positives (never the target). Users are scored ``block`` at a time: memory is
-    O(block x items), never a users x items matrix.
+    O(block x items), never a users x items matrix; above ``max_users`` valid users a seeded
+    sample of them is scored, so the cost is O(max_users x items), not O(users x items).
     """
     if len(valid.user) == 0:
         return {"n_valid_users": 0}
     order = np.lexsort((valid.time, valid.user))
     first = order[np.r_[True, valid.user[order][1:] != valid.user[order][:-1]]]
+    n_valid_users = len(first)
+    first = first[sample_rows(len(first), max_users, seed)]
     users, targets = valid.user[first], valid.item[first]
     hist = Histories.build(train.user, train.item, train.time, u2i.history)
     seen, seen_indptr = hist.seen(users)
@@ -145,7 +150,7 @@ def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, block: int = 
     pop = recall_hits(lambda rows: np.broadcast_to(counts, (rows.stop - rows.start, len(counts))), targets, seen,
                       seen_indptr, RECALL_KS, block)
     n = len(users)
-    out = {"n_valid_users": int(n)}
+    out = {"n_valid_users": int(n_valid_users), "n_valid_users_scored": int(n)}
     out.update({f"u2i_recall@{k}": v / n for k, v in model.items()})
     out.update({f"popularity_recall@{k}": v / n for k, v in pop.items()})
     return out

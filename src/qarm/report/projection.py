@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from qarm.errors import QarmError
+from qarm.sample import sample_rows
 
 
 def subsample(n: int, max_items: int, seed: int) -> np.ndarray:
     """Sorted row indices int64 [min(n, max_items)], drawn without replacement with ``seed``."""
-    if max_items <= 0 or n <= max_items:
-        return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng([seed, 0x2D])
-    return np.sort(rng.choice(n, size=max_items, replace=False)).astype(np.int64)
+    return sample_rows(n, max_items, [seed, 0x2D])
 
 
 def pca_2d(emb: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator
 from qarm.distributed import resolve_device
 from qarm.errors import DataError
 from qarm.retrieve.evaluate import recall_ndcg, target_ranks
+from qarm.sample import sample_rows
 
 
 class SequenceRetriever(BaseEstimator):
@@ -60,9 +61,7 @@ class SequenceRetriever(BaseEstimator):
         """Recall@10 over the valid users (a seeded sample of ``valid_users`` when > 0)."""
         if valid_hist is None or valid_target is None or len(valid_target) == 0:
             return lambda: 0.0
-        rows = np.arange(len(valid_target))
-        if self.valid_users and self.valid_users < len(rows):
-            rows = np.sort(np.random.default_rng(self.seed).choice(len(rows), self.valid_users, replace=False))
+        rows = sample_rows(len(valid_target), self.valid_users or 0, self.seed)
         hist = [valid_hist[i] for i in rows]
         target = np.asarray(valid_target)[rows]
 
