@@ -107,6 +107,17 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def load_checkpoint(path: str | os.PathLike | None, fingerprint: Any) -> dict | None:
+    """The checkpoint dict ``save_torch`` wrote at ``path`` if it exists and was made under the same
+    ``fingerprint`` (config and inputs), else None: a checkpoint of other work is never resumed."""
+    if path is None or not Path(path).exists():
+        return None
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint
+    return ckpt if ckpt.get("fingerprint") == fingerprint else None
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -222,3 +222,50 @@ def run_stages(cfg: Config, out: str | Path, stages: Sequence[str] | None = None
         write_json(run / "manifest.json", manifest)
         log(f"[{stage.name}] done in {wall:.1f}s: {_summary(metrics)}")
     return run.metrics()
+
+
+def distributed_stage_main(name: str, argv: list[str] | None = None, description: str = "") -> int:
+    """``torchrun --nproc_per_node N -m qarm.<name> CONFIG --out RUN [--set k=v] [--force]``.
+
+    Every rank joins one process group with the backend that ``<name>.device`` calls for
+    (``qarm.distributed``). Rank 0 runs the stage through the runner (manifest, metrics,
+    artifacts); the other ranks run the stage function alongside it, training on their shard of
+    every batch. Without torchrun (no ``WORLD_SIZE``) this is the plain stage. Returns the exit code.
+    """
+    import argparse
+    import sys
+
+    import torch.distributed as dist
+
+    from qarm.config import load_config
+    from qarm.distributed import init_distributed, resolve_device, world
+
+    parser = argparse.ArgumentParser(prog=f"python -m qarm.{name}", description=description)
+    parser.add_argument("config")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    stage = STAGE_BY_NAME[name]
+    try:
+        cfg = load_config(args.config, args.overrides)
+        init_distributed(resolve_device(getattr(cfg, name).device, f"{name}.device"))
+        rank, size = world()
+        # every rank must agree on skipping, or the others would wait for a rank 0 that never trains
+        skip = [rank == 0 and not args.force and is_fresh(cfg, RunDir(args.out), stage)]
+        if size > 1:
+            dist.broadcast_object_list(skip, src=0)
+        if skip[0]:
+            if rank == 0:
+                print(f"[{name}] up to date (config and inputs unchanged); skipped")
+        elif rank == 0:
+            run_stages(cfg, args.out, stages=[name], force=True)
+        else:
+            stage.load()(cfg, RunDir(args.out))
+        return 0
+    except QarmError as exc:
+        print(f"qarm {name}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

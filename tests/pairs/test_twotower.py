@@ -112,3 +112,34 @@ def test_mixed_negatives_user_dropout_and_bias_train_and_score():
     # items never positive in training are ranked last
     m2 = U2IRetriever(130, dim=8, history=5, epochs=1, progress=False).fit(user, item, time)
     assert np.isneginf(m2.scorer()(np.arange(3), hist[:3, -5:])[:, 120:]).all()
+
+
+def test_sparse_row_wise_adam_learns_touches_only_batch_rows_and_resumes(tmp_path):
+    """u2i_sparse: the id tables get SparseAdam (only rows a batch used change), the model still learns."""
+    import pytest
+
+    from qarm.errors import ConfigError
+
+    user, item, time = clustered_log()
+    m = U2IRetriever(130, dim=16, history=10, epochs=4, batch_size=256, lr=0.01, sparse=True,
+                     progress=False).fit(user, item, time)
+    assert m.model_.item_emb.sparse and m.model_.user_emb.sparse
+    emb = m.item_embeddings()
+    sims = emb[:120] @ emb[:120].T
+    same = (np.arange(120)[:, None] % 6) == (np.arange(120)[None, :] % 6)
+    assert sims[same].mean() > sims[~same].mean() + 0.3
+    # items 120..129 never occur: row-wise Adam never moved their (random, seeded) initial rows,
+    # while every item that occurs did move
+    untrained = U2IRetriever(130, dim=16, history=10, epochs=0, sparse=True, progress=False).fit(user, item, time)
+    before, after = (e.model_.item_emb.weight.detach().numpy() for e in (untrained, m))
+    np.testing.assert_array_equal(after[120:130], before[120:130])
+    assert (np.abs(after[:120] - before[:120]).max(axis=1) > 0).all()
+    # resume from the joint optimizer's checkpoint = an uninterrupted run
+    kw = dict(dim=8, history=5, batch_size=128, seed=3, sparse=True, progress=False)
+    small = clustered_log(n_users=80, n_items=60)
+    full = U2IRetriever(60, epochs=3, **kw).fit(*small)
+    U2IRetriever(60, epochs=2, **kw).fit(*small, checkpoint=tmp_path / "u.pt", checkpoint_key="k")
+    resumed = U2IRetriever(60, epochs=3, **kw).fit(*small, checkpoint=tmp_path / "u.pt", checkpoint_key="k")
+    np.testing.assert_allclose(resumed.item_embeddings(), full.item_embeddings(), atol=1e-6)
+    with pytest.raises(ConfigError, match="u2i_weight_decay"):
+        U2IRetriever(60, weight_decay=0.1, sparse=True, progress=False).fit(*small)

@@ -88,16 +88,7 @@ def prepare(cfg: Config, data_dir: Path, show_progress: bool = True) -> Prepared
     skipped: Counter = Counter()
     gt = users_truth = None
     if d.source == "synthetic":
-        from qarm.data.synthetic import generate_world, render_media
-
-        bad = [c for c in d.label_columns if c not in ("click", "like")]
-        if bad:
-            raise ConfigError(f"data.label_columns: the synthetic world has labels click and like, not {bad[0]!r}")
-        world = generate_world(d.synthetic, cfg.seed, show_progress)
-        media = render_media(world, d.synthetic, cfg.seed, data_dir / "media", show_progress)
-        raw_items = world.items.merge(media, on="item_id", how="left", validate="one_to_one")
-        items = build_items(raw_items, file="<synthetic items>", media_base=data_dir, skipped=skipped,
-                            show_progress=show_progress)
+        world, items = synthetic_world_items(cfg, data_dir, skipped, show_progress)
         events = validate_events(world.events, items["item_id"].to_numpy(), d.label_columns,
                                  file="<synthetic events>", skipped=skipped, strict=True)
         keep = ["user_id", "item_id", "timestamp", *d.label_columns]
@@ -182,3 +173,24 @@ def run_prepare(cfg: Config, run: RunDir) -> dict[str, Any]:
     write_parquet(run / "items.parquet", items_table(p.items))
     write_parquet(run / "events.parquet", events_table(p.events, cfg.data.label_columns))
     return prepare_metrics(p)
+
+
+def synthetic_world_items(cfg: Config, data_dir: Path, skipped: Counter, show_progress: bool = True
+                          ) -> tuple[Any, pd.DataFrame]:
+    """(the synthetic world, its items table with rendered media) for ``cfg.data.synthetic`` and ``cfg.seed``.
+
+    Media files are written under ``data_dir/media``. The world is generated in this process
+    whichever engine runs the stage, so both engines see the same bytes.
+    """
+    from qarm.data.synthetic import generate_world, render_media
+
+    d: DataConfig = cfg.data
+    bad = [c for c in d.label_columns if c not in ("click", "like")]
+    if bad:
+        raise ConfigError(f"data.label_columns: the synthetic world has labels click and like, not {bad[0]!r}")
+    world = generate_world(d.synthetic, cfg.seed, show_progress)
+    media = render_media(world, d.synthetic, cfg.seed, data_dir / "media", show_progress)
+    raw_items = world.items.merge(media, on="item_id", how="left", validate="one_to_one")
+    items = build_items(raw_items, file="<synthetic items>", media_base=data_dir, skipped=skipped,
+                        show_progress=show_progress)
+    return world, items

@@ -156,17 +156,10 @@ def _load(spark: "SparkSession", cfg: Config, data_dir: Path, skipped: Counter, 
     """(items, raw events, source info, strict, event columns kept, synthetic ground truth) for ``cfg.data``."""
     d: DataConfig = cfg.data
     if d.source == "synthetic":
-        from qarm.data.synthetic import generate_world, render_media
+        from qarm.data.stage import synthetic_world_items
 
-        bad = [c for c in d.label_columns if c not in ("click", "like")]
-        if bad:
-            raise ConfigError(f"data.label_columns: the synthetic world has labels click and like, not {bad[0]!r}")
         # The synthetic world is generated in this process (as locally); Spark takes it from there.
-        world = generate_world(d.synthetic, cfg.seed, show_progress)
-        media = render_media(world, d.synthetic, cfg.seed, data_dir / "media", show_progress)
-        raw_items = world.items.merge(media, on="item_id", how="left", validate="one_to_one")
-        items = build_items(raw_items, file="<synthetic items>", media_base=data_dir, skipped=skipped,
-                            show_progress=show_progress)
+        world, items = synthetic_world_items(cfg, data_dir, skipped, show_progress)
         keep = ["user_id", "item_id", "timestamp", *d.label_columns]
         require_columns(world.events, keep, "<synthetic events>", "events")
         df = spark.createDataFrame(world.events[keep])

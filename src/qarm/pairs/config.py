@@ -27,6 +27,7 @@ class PairsConfig:
     u2i_history_gap: int = 0       # training histories end a random 0..gap positives before the target
     u2i_score_temperature: float = 0.15  # retrieval score = cosine / this + item bias (docs/pairs.md)
     u2i_weight_decay: float = 0.0
+    u2i_sparse: bool = False       # row-wise Adam on the id tables: O(batch) per step, not O(users + items); large catalogues
     device: str = "auto"           # auto | cpu | cuda | cuda:N (qarm.distributed.resolve_device)
     eval_max_users: int = 50_000   # valid users scored for U2I recall, each O(items); above: a seeded sample (0: all)
     # trigger mining

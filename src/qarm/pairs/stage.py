@@ -103,7 +103,7 @@ def make_u2i(cfg: Config, n_items: int, device) -> U2IRetriever:
                         pooling=pc.u2i_pooling, item_bias=pc.u2i_item_bias, recency=pc.u2i_recency,
                         user_dropout=pc.u2i_user_dropout, n_negatives=pc.u2i_negatives, neg_alpha=pc.u2i_neg_alpha,
                         history_gap=pc.u2i_history_gap, score_temperature=pc.u2i_score_temperature,
-                        weight_decay=pc.u2i_weight_decay, device=str(device), seed=cfg.seed)
+                        weight_decay=pc.u2i_weight_decay, sparse=pc.u2i_sparse, device=str(device), seed=cfg.seed)
 
 
 def _table(trigger: np.ndarray, target: np.ndarray, source: str, score: np.ndarray) -> pd.DataFrame:

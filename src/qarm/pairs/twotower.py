@@ -43,15 +43,37 @@ from qarm.pairs.history import Histories
 POOLINGS = ("attention", "mean")
 
 
+class _Joint:
+    """Several optimizers stepped, zeroed and checkpointed as one (dense Adam + SparseAdam)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
 class TwoTower(nn.Module):
     """Item row ``n_items`` is the history padding; user row 0 is "unknown user"."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, pooling: str = "attention", history: int = 50,
-                 item_bias: bool = True, recency: bool = True) -> None:
+                 item_bias: bool = True, recency: bool = True, sparse: bool = False) -> None:
         super().__init__()
         self.n_items, self.pooling = n_items, pooling
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
-        self.user_emb = nn.Embedding(n_users + 1, dim)
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items, sparse=sparse)
+        self.user_emb = nn.Embedding(n_users + 1, dim, sparse=sparse)
         self.query = nn.Linear(dim, dim)
         self.user_mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
         # slot h of the history (latest last) adds recency[h] to its pooling logit
@@ -101,8 +123,8 @@ class U2IRetriever(BaseEstimator):
                  lr: float = 3e-3, temperature: float = 0.05, logq: bool = True,
                  pooling: Literal["attention", "mean"] = "attention", item_bias: bool = True,
                  recency: bool = True, user_dropout: float = 0.0, n_negatives: int = 0, neg_alpha: float = 0.0,
-                 history_gap: int = 0, score_temperature: float | None = None, weight_decay: float = 0.0, device: str = "cpu", seed: int = 0,
-                 progress: bool = True) -> None:
+                 history_gap: int = 0, score_temperature: float | None = None, weight_decay: float = 0.0,
+                 sparse: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True) -> None:
         self.n_items = n_items
         self.dim = dim
         self.history = history
@@ -120,6 +142,7 @@ class U2IRetriever(BaseEstimator):
         self.history_gap = history_gap
         self.score_temperature = score_temperature
         self.weight_decay = weight_decay
+        self.sparse = sparse
         self.device = device
         self.seed = seed
         self.progress = progress
@@ -141,6 +164,8 @@ class U2IRetriever(BaseEstimator):
         need(self.temperature > 0, "temperature", "must be > 0")
         need(self.score_temperature is None or self.score_temperature > 0, "score_temperature", "must be > 0 or None")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(not (self.sparse and self.weight_decay), "weight_decay",
+             "must be 0 with pairs.u2i_sparse (row-wise Adam has no weight decay)")
         need(0.0 <= self.user_dropout < 1.0, "user_dropout", "must be in [0, 1)")
         need(0.0 <= self.neg_alpha <= 1.0, "neg_alpha", "must be in [0, 1]")
         need(self.pooling in POOLINGS, "pooling", f"is not one of {', '.join(POOLINGS)}")
@@ -176,7 +201,7 @@ class U2IRetriever(BaseEstimator):
         log_q = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev)
 
         self.model_ = TwoTower(len(self.user_index_), self.n_items, self.dim, self.pooling, self.history,
-                               self.item_bias, self.recency).to(dev)
+                               self.item_bias, self.recency, self.sparse).to(dev)
         if self.item_bias:
             with torch.no_grad():  # start from the popularity prior: log(share of positives), centred
                 prior = np.log(np.maximum(self.item_counts_, 0.5) / max(len(item), 1))
@@ -185,7 +210,7 @@ class U2IRetriever(BaseEstimator):
         net: nn.Module = self.model_
         if size > 1:
             net = nn.parallel.DistributedDataParallel(self.model_, device_ids=[dev.index] if dev.type == "cuda" else None)
-        opt = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = self._optimizer()
         self.loss_history_, self.epochs_done_ = [], 0
         if checkpoint is not None and Path(checkpoint).exists():
             state = torch.load(checkpoint, weights_only=False, map_location=dev)
@@ -230,6 +255,16 @@ class U2IRetriever(BaseEstimator):
                                         "optim": opt.state_dict(), "loss_history": self.loss_history_})
         self.model_.eval()
         return self
+
+    def _optimizer(self) -> "torch.optim.Optimizer | _Joint":
+        """Adam over every parameter; with ``sparse``, the two embedding tables get row-wise (lazy)
+        Adam instead, which updates only the rows a batch touched: a step then costs O(batch), not
+        O(users + items) (dense Adam rewrites every row of both tables every step)."""
+        if not self.sparse:
+            return torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        tables = [self.model_.item_emb.weight, self.model_.user_emb.weight]
+        dense = [p for p in self.model_.parameters() if all(p is not t for t in tables)]
+        return _Joint([torch.optim.Adam(dense, lr=self.lr), torch.optim.SparseAdam(tables, lr=self.lr)])
 
     def _candidate_probs(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_pos, p_neg) float64 [n_items]: chance that one in-batch target / one sampled negative is item j."""

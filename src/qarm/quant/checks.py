@@ -92,3 +92,15 @@ def check_embeddings(emb: np.ndarray, source: str, *, dim: int | None = None, id
             raise EmbeddingError(f"{zero.size} row(s) are zero vectors (no content to code): rows "
                                  f"{_name_rows(zero, ids, offset)}", file=source)
     return emb
+
+
+def check_codes(codes: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """``codes`` as an int array [n, L] with level l's codes in [0, sizes[l]); else a QuantizeError naming the rows."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(sizes):
+        raise QuantizeError(f"expected codes of shape [n, {len(sizes)}], got {codes.shape}")
+    for level, k in enumerate(sizes):
+        bad = np.flatnonzero((codes[:, level] < 0) | (codes[:, level] >= k))
+        if bad.size:
+            raise QuantizeError(f"level {level + 1} codes must lie in [0, {k}); rows {bad[:10].tolist()} do not")
+    return codes

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from qarm.io import read_json, read_npy, write_json, write_npy
-from qarm.quant.checks import QuantizeError, check_embeddings
+from qarm.quant.checks import QuantizeError, check_codes, check_embeddings
 from qarm.quant.rq import RQKMeans, read_codebooks, sum_codewords, write_codebooks
 
 _EPS = 1e-3
@@ -196,13 +196,7 @@ class ResKMeansFSQ:
     def inverse_transform(self, codes: np.ndarray) -> np.ndarray:
         """Reconstruction float32 [n, dim] = coarse centroids + the decoded FSQ code, from codes int [n, L]."""
         self._check_fitted()
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != len(self.sizes):
-            raise QuantizeError(f"expected codes of shape [n, {len(self.sizes)}], got {codes.shape}")
-        for level, k in enumerate(self.sizes):
-            bad = np.flatnonzero((codes[:, level] < 0) | (codes[:, level] >= k))
-            if bad.size:
-                raise QuantizeError(f"level {level + 1} codes must lie in [0, {k}); rows {bad[:10].tolist()} do not")
+        codes = check_codes(codes, self.sizes)
         return sum_codewords(self.codebooks_, codes, self.dim_)
 
     def _check_fitted(self) -> None:

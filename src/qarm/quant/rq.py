@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from qarm.io import read_json, read_npy, write_json, write_npy
 from qarm.lookup import IdIndex
 from qarm.quant.balance import add_prices, fit_prices
-from qarm.quant.checks import ParamsMixin, QuantizeError, check_choice, check_embeddings, check_int
+from qarm.quant.checks import ParamsMixin, QuantizeError, check_choice, check_codes, check_embeddings, check_int
 from qarm.quant.kmeans import NearestCentroid, fit_kmeans
 from qarm.quant.parquet import iter_embedding_batches
 
@@ -227,13 +227,7 @@ class RQKMeans(ParamsMixin):
     def inverse_transform(self, codes: np.ndarray) -> np.ndarray:
         """Reconstruction float32 [n, dim] = sum of each level's centroid, from codes int [n, L]."""
         self._check_fitted()
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != len(self.sizes):
-            raise QuantizeError(f"expected codes of shape [n, {len(self.sizes)}], got {codes.shape}")
-        for level, k in enumerate(self.sizes):
-            bad = np.flatnonzero((codes[:, level] < 0) | (codes[:, level] >= k))
-            if bad.size:
-                raise QuantizeError(f"level {level + 1} codes must lie in [0, {k}); rows {bad[:10].tolist()} do not")
+        codes = check_codes(codes, self.sizes)
         return self._decode(codes)
 
     def transform_batches(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

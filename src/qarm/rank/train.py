@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qarm.distributed import world
-from qarm.io import save_torch
+from qarm.io import load_checkpoint, save_torch
 from qarm.rank.config import RankConfig
 from qarm.rank.features import EventArrays, FeatureSpec
 from qarm.rank.metrics import auc
@@ -113,13 +113,12 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
                              "best_state": copy.deepcopy(model.state_dict()), "log": [],
                              "train_samples": 0, "train_seconds": 0.0}
     resumed = 0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint
-        if ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            state = ckpt["state"]
-            resumed = state["epoch"]
+    ckpt = load_checkpoint(ckpt_path, fingerprint)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        resumed = state["epoch"]
     device = next(model.parameters()).device
     net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
            if size > 1 else model)
