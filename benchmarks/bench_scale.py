@@ -9,7 +9,9 @@ the children it waited for). ``seconds`` is the stage's own wall time from the r
 the stage computed, without interpreter start and imports); the process wall time is printed beside it.
 
 Growth exponent of a stage = slope of log seconds against log events between the two largest sizes
-(1.0 = linear in the event count). Goals (issue 14): every exponent <= 1.15, peak RSS of every stage
+(1.0 = linear in the event count); the same slope against items is printed beside it. The JSON is
+rewritten after every size, and a stage that fails (killed for memory, say) is recorded under
+"failed" with its peak RSS while the sizes before it keep their figures. Goals (issue 14): every exponent <= 1.15, peak RSS of every stage
 at the largest size <= 12 GiB, ranker train samples/s at the largest size >= 0.7x the smallest's.
 
     python benchmarks/bench_scale.py --json OUT.json                       # 10k/1M, 100k/5M, 1M/20M
@@ -17,7 +19,10 @@ at the largest size <= 12 GiB, ranker train samples/s at the largest size >= 0.7
 
 ``--json OUT`` writes {"sizes": [{"n_items", "n_events"}, ..], "stages": {stage: {"seconds": [..],
 "peak_rss_gib": [..]}}, "growth_exponent": {stage: ..}, "rank_train_samples_per_s": [..]} (plus
-"n_users", "process_seconds", "load_average" and "config_overrides" beside them).
+"growth_exponent_items", "n_users", "process_seconds", "load_average", "config_overrides" and,
+where a stage failed, "failed" beside them).
+
+At catalogue scale pass the O(batch) optimizers: ``--set pairs.u2i_sparse=true --set rank.sparse_ids=true``.
 """
 
 from __future__ import annotations
@@ -91,6 +96,31 @@ def growth_exponent(events: list[int], seconds: list[float]) -> float | None:
     return math.log(seconds[b] / seconds[a]) / math.log(events[b] / events[a])
 
 
+def finish(result: dict) -> None:
+    """Growth exponents of the sizes measured so far: against events (the issue's figure) and
+    against items (a stage whose work is O(items), quantize say, shows ~1.0 there and ~1.4 against
+    events when items grow 10x and events 5x)."""
+    events = [s["n_events"] for s in result["sizes"]]
+    items = [s["n_items"] for s in result["sizes"]]
+    result["growth_exponent_items"] = {}
+    for stage in STAGES:
+        g = growth_exponent(events, result["stages"][stage]["seconds"])
+        result["growth_exponent"][stage] = None if g is None else round(g, 3)
+        g = growth_exponent(items, result["stages"][stage]["seconds"])
+        result["growth_exponent_items"][stage] = None if g is None else round(g, 3)
+    result["load_average"]["end"] = list(os.getloadavg())
+
+
+def write_result(result: dict, path: Path | None) -> None:
+    """Write the figures atomically (temp file + rename), when ``--json`` was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000x1000000,100000x5000000,1000000x20000000",
@@ -125,55 +155,74 @@ def main() -> None:
         result["config_overrides"] = [s for s in sets if "item_embedding" not in s and "n_" not in s]
         print(f"\n=== {n_items:,} items, {n_events:,} events, {n_users:,} users -> {run} ===", flush=True)
         log = run / "bench.log"
+        failed = None
         for stage in STAGES:
             wall, rss, rc = run_stage(stage, run, sets, args.config, log)
             if rc != 0:
+                # keep what the smaller sizes measured: record the failure (exit status -9 = killed,
+                # out of memory most often) with the stage's peak RSS and stop this size
                 tail = log.read_text(errors="replace")[-3000:]
-                raise SystemExit(f"stage {stage} failed (exit {rc}) at {n_items}x{n_events}; log {log}:\n{tail}")
+                print(f"  {stage:9s} FAILED (exit {rc}) after {wall:.1f} s, peak RSS {rss:.2f} GiB; log {log}:\n{tail}",
+                      flush=True)
+                failed = {"n_items": n_items, "n_events": n_events, "stage": stage, "exit": rc,
+                          "process_seconds": round(wall, 2), "peak_rss_gib": round(rss, 3)}
+                break
             manifest = json.loads((run / "manifest.json").read_text())
             seconds = float(manifest["stages"][stage]["wall_s"])
             result["stages"][stage]["seconds"].append(round(seconds, 2))
             result["stages"][stage]["peak_rss_gib"].append(round(rss, 3))
             result["process_seconds"][stage].append(round(wall, 2))
             print(f"  {stage:9s} {seconds:9.1f} s (process {wall:7.1f} s)  peak RSS {rss:6.2f} GiB", flush=True)
+        if failed is not None:
+            # drop the partial size's stage figures so every list stays aligned with "sizes"
+            for stage in STAGES:
+                for key in ("seconds", "peak_rss_gib"):
+                    del result["stages"][stage][key][len(result["sizes"]):]
+                del result["process_seconds"][stage][len(result["sizes"]):]
+            result.setdefault("failed", []).append(failed)
+            write_result(result, args.json)
+            break
         metrics = json.loads((run / "metrics.json").read_text())
         sps = float(metrics["rank"]["throughput"]["train_samples_per_s"])
         result["rank_train_samples_per_s"].append(round(sps, 1))
         result["sizes"].append({"n_items": n_items, "n_events": n_events})
         result["n_users"].append(n_users)
         print(f"  ranker train samples/s: {sps:,.0f}", flush=True)
+        finish(result)
+        write_result(result, args.json)   # after every size: a later size that fails keeps these
         if not args.keep:
             shutil.rmtree(run, ignore_errors=True)
-    events = [s["n_events"] for s in result["sizes"]]
-    for stage in STAGES:
-        g = growth_exponent(events, result["stages"][stage]["seconds"])
-        result["growth_exponent"][stage] = None if g is None else round(g, 3)
-    result["load_average"]["end"] = list(os.getloadavg())
+    finish(result)
 
+    def fmt(g):
+        return "-" if g is None else f"{g:.2f}"
     print("\n| stage | " + " | ".join(f"{s['n_items']:,} x {s['n_events']:,}" for s in result["sizes"])
-          + " | growth exponent |")
-    print("|---|" + "---|" * len(result["sizes"]) + "---|")
+          + " | growth exponent (events) | (items) |")
+    print("|---|" + "---|" * len(result["sizes"]) + "---|---|")
     for stage in STAGES:
         cells = [f"{t:.1f} s, {r:.2f} GiB" for t, r in zip(result["stages"][stage]["seconds"],
                                                           result["stages"][stage]["peak_rss_gib"])]
-        g = result["growth_exponent"][stage]
-        print(f"| {stage} | " + " | ".join(cells) + f" | {'-' if g is None else f'{g:.2f}'} |")
+        print(f"| {stage} | " + " | ".join(cells)
+              + f" | {fmt(result['growth_exponent'][stage])} | {fmt(result['growth_exponent_items'][stage])} |")
     sps = result["rank_train_samples_per_s"]
-    print("| ranker train samples/s | " + " | ".join(f"{v:,.0f}" for v in sps) + " | |")
+    print("| ranker train samples/s | " + " | ".join(f"{v:,.0f}" for v in sps) + " | | |")
+    for f in result.get("failed", []):
+        print(f"FAILED at {f['n_items']:,} x {f['n_events']:,}: stage {f['stage']} exit {f['exit']} after "
+              f"{f['process_seconds']:.0f} s, peak RSS {f['peak_rss_gib']:.2f} GiB (exit -9: killed, most often out of memory)")
     goals = []
     gs = [g for g in result["growth_exponent"].values() if g is not None]
     if gs:
         goals.append(f"max growth exponent {max(gs):.2f} (goal <= 1.15)")
-    goals.append(f"max peak RSS at the largest size {max(result['stages'][s]['peak_rss_gib'][-1] for s in STAGES):.2f}"
-                 " GiB (goal <= 12)")
+    if result["sizes"]:
+        goals.append(f"max peak RSS at the largest size measured {max(result['stages'][s]['peak_rss_gib'][-1] for s in STAGES):.2f}"
+                     " GiB (goal <= 12 at 1M x 20M)")
     if len(sps) > 1:
         goals.append(f"ranker samples/s largest / smallest {sps[-1] / sps[0]:.2f} (goal >= 0.7)")
     print("; ".join(goals))
     le = result["load_average"]["end"]
     print(f"load average at end: {le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}")
+    write_result(result, args.json)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     if not args.keep and args.work is None:
         shutil.rmtree(work, ignore_errors=True)

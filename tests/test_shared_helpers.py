@@ -44,3 +44,19 @@ def test_device_selection_and_backend():
 def test_world_and_shard_outside_torchrun():
     assert world() == (0, 1)
     assert shard(10) == slice(0, 10)
+
+
+def test_block_rows_bounds_cells_and_blocking_never_changes_recall(monkeypatch):
+    from qarm.align.evaluate import recall_at_k
+    from qarm.blocks import SCORE_BLOCK_CELLS, block_rows
+
+    assert block_rows(1_000_000, 2048) * 1_000_000 <= SCORE_BLOCK_CELLS      # 32 rows, not 8 GiB
+    assert block_rows(1_682, 2048) == 2048                                  # small catalogues: unchanged
+    assert block_rows(10**12, 2048) == 1 and block_rows(0, 7) == 7
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    trig, targ = rng.integers(0, 300, 200), rng.integers(0, 300, 200)
+    whole = recall_at_k(emb, trig, targ, ks=(5, 20), chunk=2048)
+    monkeypatch.setattr("qarm.align.evaluate.block_rows", lambda n, rows: block_rows(n, rows, cells=7 * 300))
+    assert recall_at_k(emb, trig, targ, ks=(5, 20), chunk=2048) == whole     # in 7-row blocks

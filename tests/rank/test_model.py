@@ -141,3 +141,53 @@ def test_id_dropout_replaces_ids_with_the_oov_row_in_training_only():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(batch), model(batch))  # no dropout at evaluation
+
+
+def test_sparse_tables_give_the_same_logits_and_gradients_and_move_only_touched_rows():
+    """``sparse=True``: F.embedding with sparse gradients instead of index_select. Same forward,
+    same gradient (densified); row-wise Adam then leaves every row the step's batch did not touch
+    where it was, which dense Adam does not once a row has momentum."""
+    from qarm.optim import JointOptimizer, adam_with_sparse_tables
+
+    t = _code_tables(n_items=500)
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", t.vocab["item_id"], 4),
+             FeatureSpec("vq", "item", 40, 4, "mean", 4), FeatureSpec("history", "sequence", 5, 0),
+             *[FeatureSpec(f"rq_l{d}", "item", 9, 3) for d in (1, 2, 3)]]
+    models = {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        models[sparse] = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[16, 8], att_dim=4, sparse=sparse)
+    dense_m, sparse_m = models[False], models[True]
+    assert sparse_m.user.sparse and all(e.sparse for e in sparse_m.item.values())
+    rng = np.random.default_rng(3)
+    def batch(lo, hi):
+        return {"user": torch.as_tensor(rng.integers(1, 10, 8)), "target": torch.as_tensor(rng.integers(lo, hi, 8)),
+                "history": torch.as_tensor(rng.integers(lo, hi, (8, 5)))}
+    b1, b2 = batch(2, 200), batch(300, 500)        # disjoint item rows
+    y = torch.ones(8, 1)
+    for m in (dense_m, sparse_m):
+        m.train()
+    out_d, out_s = dense_m(b1), sparse_m(b1)
+    assert torch.equal(out_d, out_s)
+    F.binary_cross_entropy_with_logits(out_d, y).backward()
+    F.binary_cross_entropy_with_logits(out_s, y).backward()
+    g_s = sparse_m.item["item_id"].weight.grad
+    assert g_s.is_sparse
+    assert torch.allclose(g_s.to_dense(), dense_m.item["item_id"].weight.grad, atol=1e-7)
+    tables = [e.weight for e in sparse_m.modules() if isinstance(e, torch.nn.Embedding) and e.sparse]
+    opt_s = adam_with_sparse_tables(list(sparse_m.parameters()), tables, lr=0.05)
+    opt_d = adam_with_sparse_tables(list(dense_m.parameters()), [], lr=0.05)
+    assert isinstance(opt_s, JointOptimizer) and isinstance(opt_d, torch.optim.Adam)
+    opt_s.step(), opt_d.step()
+    first = {s: m.item["item_id"].weight.detach().clone() for s, m in models.items()}
+    for opt, m in ((opt_s, sparse_m), (opt_d, dense_m)):   # a second step on other rows only
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(m(b2), y).backward()
+        opt.step()
+    rows1 = torch.unique(torch.cat([b1["target"], b1["history"].ravel()]))
+    rows1 = rows1[~torch.isin(rows1, torch.cat([b2["target"], b2["history"].ravel()]))]
+    assert torch.equal(sparse_m.item["item_id"].weight[rows1], first[True][rows1])
+    assert not torch.equal(dense_m.item["item_id"].weight[rows1], first[False][rows1])
+    state = opt_s.state_dict()                       # checkpointable as one
+    opt_s.load_state_dict(state)
+    assert len(state["optimizers"]) == 2

@@ -136,9 +136,11 @@ def test_resume_after_sigkill_ends_with_identical_metrics(tiny_run, tmp_path):
     assert same(resumed["buckets"]) == same(reference["buckets"])
 
 
-def test_ddp_trains_with_two_cpu_processes(tiny_run):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_ddp_trains_with_two_cpu_processes(tiny_run, sparse):
+    """Dense tables, and ``rank.sparse_ids`` (sparse gradients all-reduced over gloo)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *_cmd(tiny_run, "qarm", 1)[1:]]
+           *_cmd(tiny_run, "qarm", 1)[1:], "--set", f"rank.sparse_ids={str(sparse).lower()}"]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -146,6 +148,23 @@ def test_ddp_trains_with_two_cpu_processes(tiny_run):
     assert rank["world_size"] == 2
     assert np.isfinite(rank["variants"]["qarm"]["click"]["auc"]["mean"])
     assert (tiny_run / "rank" / "qarm" / "seed0" / "model.pt").exists()
+
+
+def test_sparse_id_tables_train_to_a_comparable_model_and_serve(tiny_run):
+    """``rank.sparse_ids``: row-wise Adam on the embedding tables. The model it saves is an
+    ordinary one (dense weights) that the service loads; its quality is close to dense Adam's."""
+    aucs = {}
+    for sparse in (False, True):
+        cfg = load_config(CONFIG, tiny_overrides("qarm", 2) + [f"rank.sparse_ids={str(sparse).lower()}"])
+        res = run_train(cfg, RunDir(tiny_run))
+        aucs[sparse] = res["variants"]["qarm"]["click"]["auc"]["mean"]
+    assert abs(aucs[True] - aucs[False]) < 0.03, aucs
+    ranker = load_ranker(tiny_run, "qarm", 0)   # the sparse run's model, as the service loads it
+    assert not ranker.model_.user.sparse
+    events = pd.read_parquet(tiny_run / "events.parquet")
+    items = [int(i) for i in events["item_id"].iloc[:6]]
+    scores = ranker.score(items[:3], items[3:], user_id=int(events["user_id"].iloc[0]))
+    assert scores["click"].shape == (3,) and np.isfinite(scores["click"]).all()
 
 
 def test_config_errors_are_clear(tmp_path):

@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
+from qarm.blocks import block_rows
 from qarm.pairs.inputs import load_positives
 from qarm.pairs.triggers import mine_triggers
 from qarm.sample import sample_rows
@@ -39,6 +40,7 @@ def recall_at_k(emb: np.ndarray, trigger: np.ndarray, target: np.ndarray, ks=(10
     if len(trigger) == 0:
         return {k: float("nan") for k in ks}
     hits = {k: 0 for k in ks}
+    chunk = block_rows(len(emb), chunk)                         # memory O(cells), not O(chunk x items)
     for a in range(0, len(trigger), chunk):
         t, g = trigger[a:a + chunk], target[a:a + chunk]
         scores = emb[t] @ emb.T                                 # [c, n]
@@ -65,6 +67,7 @@ def business_agreement(emb: np.ndarray, business: np.ndarray, seed: int = 0, k: 
     queries = sample_rows(len(x), max_queries, seed)
     kk = min(k, len(x) - 1)
     same = 0
+    chunk = block_rows(len(x), chunk)
     for a in range(0, len(queries), chunk):
         q = queries[a:a + chunk]
         scores = x[q] @ x.T                                     # [c, n]

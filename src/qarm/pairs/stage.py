@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from qarm.blocks import block_rows
 from qarm.config import Config
 from qarm.distributed import check_device, init_distributed, resolve_device, world
 from qarm.errors import ConfigError
@@ -144,6 +145,7 @@ def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, max_users: in
     hist = Histories.build(train.user, train.item, train.time, u2i.history)
     seen, seen_indptr = hist.seen(users)
     score = u2i.scorer()
+    block = block_rows(u2i.n_items, block)      # a block of scores is O(cells) whatever the catalogue
     model = recall_hits(lambda rows: score(users[rows], hist.latest(users[rows])), targets, seen, seen_indptr,
                         RECALL_KS, block)
     counts = u2i.item_counts_.astype(np.float32)

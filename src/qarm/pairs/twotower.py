@@ -38,31 +38,10 @@ from qarm.distributed import check_device, resolve_device, shard, world
 from qarm.errors import ConfigError
 from qarm.io import save_torch
 from qarm.lookup import IdIndex
+from qarm.optim import JointOptimizer, adam_with_sparse_tables
 from qarm.pairs.history import Histories
 
 POOLINGS = ("attention", "mean")
-
-
-class _Joint:
-    """Several optimizers stepped, zeroed and checkpointed as one (dense Adam + SparseAdam)."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None) -> None:
-        for o in self.optimizers:
-            o.step()
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for o, s in zip(self.optimizers, state["optimizers"]):
-            o.load_state_dict(s)
 
 
 class TwoTower(nn.Module):
@@ -256,15 +235,12 @@ class U2IRetriever(BaseEstimator):
         self.model_.eval()
         return self
 
-    def _optimizer(self) -> "torch.optim.Optimizer | _Joint":
+    def _optimizer(self) -> "torch.optim.Optimizer | JointOptimizer":
         """Adam over every parameter; with ``sparse``, the two embedding tables get row-wise (lazy)
         Adam instead, which updates only the rows a batch touched: a step then costs O(batch), not
         O(users + items) (dense Adam rewrites every row of both tables every step)."""
-        if not self.sparse:
-            return torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        tables = [self.model_.item_emb.weight, self.model_.user_emb.weight]
-        dense = [p for p in self.model_.parameters() if all(p is not t for t in tables)]
-        return _Joint([torch.optim.Adam(dense, lr=self.lr), torch.optim.SparseAdam(tables, lr=self.lr)])
+        tables = [self.model_.item_emb.weight, self.model_.user_emb.weight] if self.sparse else []
+        return adam_with_sparse_tables(list(self.model_.parameters()), tables, self.lr, self.weight_decay)
 
     def _candidate_probs(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_pos, p_neg) float64 [n_items]: chance that one in-batch target / one sampled negative is item j."""

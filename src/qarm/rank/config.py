@@ -37,7 +37,9 @@ class RankConfig:
     batch_size: int = 1024
     eval_batch_size: int = 8192
     lr: float = 0.002
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0       # dense parameters only when sparse_ids is on
+    sparse_ids: bool = False        # row-wise Adam on the user / item / code tables: O(batch) per step
+                                    # instead of O(users + items) (large catalogues; docs/scaling.md)
     threads: int = 2                # torch intra-op threads
     device: str = "auto"            # auto | cpu | cuda | cuda:N (qarm.distributed.resolve_device)
     # training-only dropout, drawn from (seed, epoch): ids / codes replaced by their OOV row, so the

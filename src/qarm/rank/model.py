@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qarm.rank.features import UNKNOWN, FeatureSpec, ItemTables
@@ -33,6 +34,14 @@ def gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """table [R, D], idx int [...] -> [..., D]. index_select: its backward (index_add) is about
     twice as fast on CPU as F.embedding's dense backward."""
     return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[-1])
+
+
+def lookup(emb: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of an embedding table, idx int [...] -> [..., d]: ``gather`` for a dense table, a sparse
+    gradient (nnz = idx.numel(), O(batch)) for a ``sparse=True`` one. Same values either way."""
+    if emb.sparse:
+        return F.embedding(idx, emb.weight, sparse=True)
+    return gather(emb.weight, idx)
 
 
 class TargetAttention(nn.Module):
@@ -85,7 +94,8 @@ class RankModel(nn.Module):
     """
 
     def __init__(self, specs: list[FeatureSpec], tables: ItemTables, n_tasks: int, att_hidden: list[int],
-                 dnn_hidden: list[int], towers: str = "shared", n_experts: int = 4, att_dim: int = 16) -> None:
+                 dnn_hidden: list[int], towers: str = "shared", n_experts: int = 4, att_dim: int = 16,
+                 sparse: bool = False) -> None:
         super().__init__()
         self.specs = specs
         def by_kind(kind: str) -> list[FeatureSpec]:
@@ -94,8 +104,10 @@ class RankModel(nn.Module):
         self.item_specs, self.dense_specs = by_kind("item"), by_kind("dense")
         self.count_specs, self.seq_specs = by_kind("count"), by_kind("sequence")
         (user_spec,) = by_kind("user")
-        self.user = nn.Embedding(user_spec.vocab, user_spec.dim)
-        self.item = nn.ModuleDict({s.name: nn.Embedding(s.vocab, s.dim) for s in self.item_specs})
+        # sparse: the user and item-side tables (vocabularies of catalogue size) get sparse gradients
+        # for row-wise Adam (qarm.optim), so a step moves only the rows its batch touched
+        self.user = nn.Embedding(user_spec.vocab, user_spec.dim, sparse=sparse)
+        self.item = nn.ModuleDict({s.name: nn.Embedding(s.vocab, s.dim, sparse=sparse) for s in self.item_specs})
         # item tables are data, not weights: rebuilt from ``tables`` on load, never trained
         for s in self.item_specs:
             idx = torch.as_tensor(tables.index[s.name]).reshape(tables.n_rows, -1)
@@ -137,7 +149,7 @@ class RankModel(nn.Module):
             idx = feats[s.name]
             if self.training and idx.shape[0]:
                 idx = self._drop(idx, self.item_id_dropout if s.name == "item_id" else self.code_dropout)
-            e = gather(self.item[s.name].weight, idx)                    # [U, w, d]
+            e = lookup(self.item[s.name], idx)                           # [U, w, d]
             if s.pooling == "none":
                 parts.append(e[:, 0])
             else:
@@ -173,7 +185,7 @@ class RankModel(nn.Module):
         user = batch["user"]
         if self.training and self.user_id_dropout > 0:
             user = self._drop(user, self.user_id_dropout)
-        parts = [gather(self.user.weight, user), tgt]
+        parts = [lookup(self.user, user), tgt]
         col = 1
         for seq, att in zip(seqs, self.attention):
             n = seq.shape[1]

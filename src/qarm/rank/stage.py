@@ -157,7 +157,7 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
     torch_seed = _seed_all(cfg, seed)
     device = resolve_device(rc.device, "rank.device")
     model = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
-                      rc.n_experts, att_dim=rc.dim)
+                      rc.n_experts, att_dim=rc.dim, sparse=bool(rc.sparse_ids))
     model.item_id_dropout, model.user_id_dropout = float(rc.item_id_dropout), float(rc.user_id_dropout)
     model.code_dropout = float(rc.code_dropout)
     model.to(device)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from qarm.distributed import world
 from qarm.io import load_checkpoint, save_torch
+from qarm.optim import adam_with_sparse_tables
 from qarm.rank.config import RankConfig
 from qarm.rank.features import EventArrays, FeatureSpec
 from qarm.rank.metrics import auc
@@ -108,7 +109,8 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
     """Train with early stopping on the valid mean AUC; resume from ``ckpt_path`` when its
     fingerprint matches. Returns the best epoch's weights and the training log."""
     rank, size = world()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+    opt = adam_with_sparse_tables(list(model.parameters()), tables, cfg.lr, cfg.weight_decay)
     state: dict[str, Any] = {"epoch": 0, "best_valid_auc": -math.inf, "best_epoch": -1, "bad_epochs": 0,
                              "best_state": copy.deepcopy(model.state_dict()), "log": [],
                              "train_samples": 0, "train_seconds": 0.0}
