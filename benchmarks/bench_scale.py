@@ -111,6 +111,67 @@ def finish(result: dict) -> None:
     result["load_average"]["end"] = list(os.getloadavg())
 
 
+def report(result: dict) -> None:
+    """Print the Markdown table of ``result`` and the goals."""
+    def fmt(g):
+        return "-" if g is None else f"{g:.2f}"
+    print("\n| stage | " + " | ".join(f"{s['n_items']:,} x {s['n_events']:,}" for s in result["sizes"])
+          + " | growth exponent (events) | (items) |")
+    print("|---|" + "---|" * len(result["sizes"]) + "---|---|")
+    for stage in STAGES:
+        cells = [f"{t:.1f} s, {r:.2f} GiB" for t, r in zip(result["stages"][stage]["seconds"],
+                                                          result["stages"][stage]["peak_rss_gib"])]
+        print(f"| {stage} | " + " | ".join(cells)
+              + f" | {fmt(result['growth_exponent'][stage])} | {fmt(result['growth_exponent_items'][stage])} |")
+    sps = result["rank_train_samples_per_s"]
+    print("| ranker train samples/s | " + " | ".join(f"{v:,.0f}" for v in sps) + " | | |")
+    for f in result.get("failed", []):
+        print(f"FAILED at {f['n_items']:,} x {f['n_events']:,}: stage {f['stage']} exit {f['exit']} after "
+              f"{f['process_seconds']:.0f} s, peak RSS {f['peak_rss_gib']:.2f} GiB (exit -9: killed, most often out of memory)")
+    goals = []
+    gs = [g for g in result["growth_exponent"].values() if g is not None]
+    if gs:
+        goals.append(f"max growth exponent {max(gs):.2f} (goal <= 1.15)")
+    if result["sizes"]:
+        goals.append(f"max peak RSS at the largest size measured {max(result['stages'][s]['peak_rss_gib'][-1] for s in STAGES):.2f}"
+                     " GiB (goal <= 12 at 1M x 20M)")
+    if len(sps) > 1:
+        goals.append(f"ranker samples/s largest / smallest {sps[-1] / sps[0]:.2f} (goal >= 0.7)")
+    print("; ".join(goals))
+    le = result["load_average"]["end"]
+    print(f"load average at end: {le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}")
+
+
+def merge(paths: list[Path]) -> dict:
+    """One result from several ``--json`` files (say the small sizes from one invocation, the
+    largest from another): sizes concatenated in the given order, exponents recomputed. Where the
+    files' ``config_overrides`` differ, that is an error: only like runs may be merged."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    sets = {tuple(r.get("config_overrides", [])) for r in parts}
+    if len(sets) > 1:
+        raise SystemExit(f"--merge: the files ran with different overrides: {sorted(sets)}")
+    out: dict = {"sizes": [], "stages": {s: {"seconds": [], "peak_rss_gib": []} for s in STAGES},
+                 "growth_exponent": {}, "rank_train_samples_per_s": [], "n_users": [],
+                 "process_seconds": {s: [] for s in STAGES}, "config_overrides": list(next(iter(sets))),
+                 "load_average": {"start": parts[0]["load_average"]["start"]}, "merged_from": [str(p) for p in paths]}
+    for r in parts:
+        out["sizes"] += r["sizes"]
+        out["rank_train_samples_per_s"] += r["rank_train_samples_per_s"]
+        out["n_users"] += r["n_users"]
+        for st in STAGES:
+            for key in ("seconds", "peak_rss_gib"):
+                out["stages"][st][key] += r["stages"][st][key]
+            out["process_seconds"][st] += r["process_seconds"][st]
+        out.setdefault("failed", []).extend(r.get("failed", []))
+    # a failure that a later file measured successfully (after a fix, say) is not a failure of the merge
+    done = {(s["n_items"], s["n_events"]) for s in out["sizes"]}
+    out["failed"] = [f for f in out["failed"] if (f["n_items"], f["n_events"]) not in done]
+    if not out["failed"]:
+        del out["failed"]
+    finish(out)
+    return out
+
+
 def write_result(result: dict, path: Path | None) -> None:
     """Write the figures atomically (temp file + rename), when ``--json`` was given."""
     if path is None:
@@ -134,7 +195,14 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="folder for the run directories (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the run directories")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="run nothing: print (and with --json write) the table of these result files together")
     args = p.parse_args()
+    if args.merge:
+        result = merge(args.merge)
+        report(result)
+        write_result(result, args.json)
+        return
     sizes = parse_sizes(args.sizes)
     work = args.work or Path(tempfile.mkdtemp(prefix="qarm-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -173,6 +241,13 @@ def main() -> None:
             result["stages"][stage]["peak_rss_gib"].append(round(rss, 3))
             result["process_seconds"][stage].append(round(wall, 2))
             print(f"  {stage:9s} {seconds:9.1f} s (process {wall:7.1f} s)  peak RSS {rss:6.2f} GiB", flush=True)
+            # the size in progress, stage by stage: a run stopped mid-size still shows what it measured
+            result["in_progress"] = {"n_items": n_items, "n_events": n_events,
+                                     "stages": {st: {"seconds": result["stages"][st]["seconds"][-1],
+                                                     "peak_rss_gib": result["stages"][st]["peak_rss_gib"][-1]}
+                                                for st in STAGES[:STAGES.index(stage) + 1]}}
+            write_result(result, args.json)
+        result.pop("in_progress", None)
         if failed is not None:
             # drop the partial size's stage figures so every list stays aligned with "sizes"
             for stage in STAGES:
@@ -193,34 +268,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(run, ignore_errors=True)
     finish(result)
-
-    def fmt(g):
-        return "-" if g is None else f"{g:.2f}"
-    print("\n| stage | " + " | ".join(f"{s['n_items']:,} x {s['n_events']:,}" for s in result["sizes"])
-          + " | growth exponent (events) | (items) |")
-    print("|---|" + "---|" * len(result["sizes"]) + "---|---|")
-    for stage in STAGES:
-        cells = [f"{t:.1f} s, {r:.2f} GiB" for t, r in zip(result["stages"][stage]["seconds"],
-                                                          result["stages"][stage]["peak_rss_gib"])]
-        print(f"| {stage} | " + " | ".join(cells)
-              + f" | {fmt(result['growth_exponent'][stage])} | {fmt(result['growth_exponent_items'][stage])} |")
-    sps = result["rank_train_samples_per_s"]
-    print("| ranker train samples/s | " + " | ".join(f"{v:,.0f}" for v in sps) + " | | |")
-    for f in result.get("failed", []):
-        print(f"FAILED at {f['n_items']:,} x {f['n_events']:,}: stage {f['stage']} exit {f['exit']} after "
-              f"{f['process_seconds']:.0f} s, peak RSS {f['peak_rss_gib']:.2f} GiB (exit -9: killed, most often out of memory)")
-    goals = []
-    gs = [g for g in result["growth_exponent"].values() if g is not None]
-    if gs:
-        goals.append(f"max growth exponent {max(gs):.2f} (goal <= 1.15)")
-    if result["sizes"]:
-        goals.append(f"max peak RSS at the largest size measured {max(result['stages'][s]['peak_rss_gib'][-1] for s in STAGES):.2f}"
-                     " GiB (goal <= 12 at 1M x 20M)")
-    if len(sps) > 1:
-        goals.append(f"ranker samples/s largest / smallest {sps[-1] / sps[0]:.2f} (goal >= 0.7)")
-    print("; ".join(goals))
-    le = result["load_average"]["end"]
-    print(f"load average at end: {le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}")
+    report(result)
     write_result(result, args.json)
     if args.json:
         print(f"wrote {args.json}")

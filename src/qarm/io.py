@@ -118,6 +118,19 @@ def load_checkpoint(path: str | os.PathLike | None, fingerprint: Any) -> dict | 
     return ckpt if ckpt.get("fingerprint") == fingerprint else None
 
 
+def resume_training(path: str | os.PathLike | None, fingerprint: Any, model: Any, optimizer: Any,
+                    state: dict) -> tuple[dict, int]:
+    """Resume an epoch loop: when ``load_checkpoint(path, fingerprint)`` finds a checkpoint
+    (keys ``model``, ``optimizer``, ``state``), load its weights into ``model`` and ``optimizer``
+    and return (its loop state, the epoch it resumes from); otherwise (``state``, 0) unchanged."""
+    ckpt = load_checkpoint(path, fingerprint)
+    if ckpt is None:
+        return state, 0
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["state"], int(ckpt["state"]["epoch"])
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

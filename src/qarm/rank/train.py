@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qarm.distributed import world
-from qarm.io import load_checkpoint, save_torch
+from qarm.io import resume_training, save_torch
 from qarm.optim import adam_with_sparse_tables
 from qarm.rank.config import RankConfig
 from qarm.rank.features import EventArrays, FeatureSpec
@@ -114,13 +114,7 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
     state: dict[str, Any] = {"epoch": 0, "best_valid_auc": -math.inf, "best_epoch": -1, "bad_epochs": 0,
                              "best_state": copy.deepcopy(model.state_dict()), "log": [],
                              "train_samples": 0, "train_seconds": 0.0}
-    resumed = 0
-    ckpt = load_checkpoint(ckpt_path, fingerprint)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        resumed = state["epoch"]
+    state, resumed = resume_training(ckpt_path, fingerprint, model, opt, state)
     device = next(model.parameters()).device
     net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
            if size > 1 else model)

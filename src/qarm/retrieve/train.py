@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from qarm.io import load_checkpoint, save_torch
+from qarm.io import resume_training, save_torch
 
 
 @dataclass
@@ -40,13 +40,7 @@ def fit_loop(model: torch.nn.Module, n: int, batch_loss: Callable[[torch.Tensor]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "log": [], "seconds": 0.0,
                              "best_state": copy.deepcopy(model.state_dict())}
-    resumed = 0
-    ckpt = load_checkpoint(ckpt_path, fingerprint)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        resumed = state["epoch"]
+    state, resumed = resume_training(ckpt_path, fingerprint, model, opt, state)
     while state["epoch"] < epochs and not (patience > 0 and state["bad"] >= patience):
         epoch = state["epoch"]
         gen = torch.Generator().manual_seed(seed * 7919 + epoch)
