@@ -60,3 +60,14 @@ def test_block_rows_bounds_cells_and_blocking_never_changes_recall(monkeypatch):
     whole = recall_at_k(emb, trig, targ, ks=(5, 20), chunk=2048)
     monkeypatch.setattr("qarm.align.evaluate.block_rows", lambda n, rows: block_rows(n, rows, cells=7 * 300))
     assert recall_at_k(emb, trig, targ, ks=(5, 20), chunk=2048) == whole     # in 7-row blocks
+
+
+def test_query_cap_bounds_the_scores_of_an_evaluation():
+    from qarm.blocks import query_cap
+
+    assert query_cap(50_000, 1_682) == 50_000          # real data sets: the figures are unchanged
+    assert query_cap(50_000, 100_000) == 50_000
+    assert query_cap(50_000, 1_000_000) == 5_000       # 5e9 scores, not 5e10
+    assert query_cap(0, 1_000_000) == 5_000            # "all" is budgeted too
+    assert query_cap(50_000, 1_000_000, max_scores=0) == 50_000 and query_cap(0, 10, 0) == 0
+    assert query_cap(7, 10**12) == 1

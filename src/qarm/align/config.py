@@ -54,3 +54,4 @@ class AlignConfig:
     # with the catalogue, not with catalogue x events
     eval_max_pairs: int = 50_000              # valid pairs (and, separately, cold-target valid pairs) for recall
     eval_max_items: int = 10_000              # query items for business precision@k (synthetic worlds only)
+    eval_max_scores: int = 5_000_000_000      # and at most this many queries x items scores per measure (0: no budget)

@@ -34,6 +34,7 @@ from qarm.align.evaluate import business_agreement, recall_at_k, valid_pairs
 from qarm.align.given import GIVEN, load_given
 from qarm.align.inputs import ItemContent, build_store, read_content
 from qarm.align.train import AlignTrainer, configure_towers, embed_rows
+from qarm.blocks import query_cap
 from qarm.config import Config
 from qarm.distributed import check_device, resolve_device, world
 from qarm.errors import ConfigError, DataError
@@ -201,9 +202,10 @@ def evaluate(cfg: Config, run: RunDir, items: pd.DataFrame, events: pd.DataFrame
     out: dict = {"n_valid_pairs": int(len(trig))}
     cold = items["train_count"].to_numpy()[targ] == 0 if "train_count" in items.columns else np.zeros(len(targ), bool)
     out["n_valid_pairs_cold_target"] = int(cold.sum())
-    scored = sample_rows(len(trig), cfg.align.eval_max_pairs, cfg.seed)
+    max_pairs = query_cap(cfg.align.eval_max_pairs, len(items), cfg.align.eval_max_scores)
+    scored = sample_rows(len(trig), max_pairs, cfg.seed)
     cold_rows = np.flatnonzero(cold)
-    cold_rows = cold_rows[sample_rows(len(cold_rows), cfg.align.eval_max_pairs, cfg.seed)]
+    cold_rows = cold_rows[sample_rows(len(cold_rows), max_pairs, cfg.seed)]
     out["n_valid_pairs_scored"] = int(len(scored))
     for name, emb in (("raw", raw), ("aligned", aligned)):
         for k, v in recall_at_k(emb, trig[scored], targ[scored], ks).items():
@@ -216,6 +218,7 @@ def evaluate(cfg: Config, run: RunDir, items: pd.DataFrame, events: pd.DataFrame
         truth = read_parquet(truth_path).set_index("item_id")["business"]
         business = truth.reindex(items["item_id"]).fillna(-1).to_numpy(dtype=np.int64)
         for name, emb in (("raw", raw), ("aligned", aligned)):
-            for k, v in business_agreement(emb, business, cfg.seed, max_queries=cfg.align.eval_max_items).items():
+            for k, v in business_agreement(emb, business, cfg.seed, max_queries=query_cap(cfg.align.eval_max_items, len(items),
+                                                                                cfg.align.eval_max_scores)).items():
                 out[f"{name}.{k}"] = v
     return out

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from qarm.blocks import query_cap
 from qarm.config import Config
 from qarm.errors import ConfigError, DataError
 from qarm.engine.session import StepLog, n_buckets, spark_session, write_dataset
@@ -355,7 +356,7 @@ def pairs_spark(cfg: Config, run: "RunDir") -> dict[str, Any]:
     emb = u2i.item_embeddings()
     write_npy(out_dir / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
-    metrics.update(_recall(u2i, train, valid, pc.eval_max_users, cfg.seed))
+    metrics.update(_recall(u2i, train, valid, query_cap(pc.eval_max_users, u2i.n_items, pc.eval_max_scores), cfg.seed))
     step("u2i (PyTorch)")
 
     pos = spark.read.parquet(str(found["train"][0].resolve())).persist()

@@ -30,6 +30,7 @@ class PairsConfig:
     u2i_sparse: bool = False       # row-wise Adam on the id tables: O(batch) per step, not O(users + items); large catalogues
     device: str = "auto"           # auto | cpu | cuda | cuda:N (qarm.distributed.resolve_device)
     eval_max_users: int = 50_000   # valid users scored for U2I recall, each O(items); above: a seeded sample (0: all)
+    eval_max_scores: int = 5_000_000_000  # and at most this many users x items scores (0: no budget; qarm.blocks.query_cap)
     # trigger mining
     trigger_window: int = 50       # latest positives strictly before the target that may be its trigger
     trigger_min_score: float = -1.0  # keep trigger pairs with cosine above this (-1: all)

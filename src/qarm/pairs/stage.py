@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from qarm.blocks import block_rows
+from qarm.blocks import block_rows, query_cap
 from qarm.config import Config
 from qarm.distributed import check_device, init_distributed, resolve_device, world
 from qarm.errors import ConfigError
@@ -63,7 +63,7 @@ def run_pairs(cfg: Config, run: RunDir) -> dict:
     emb = u2i.item_embeddings()
     write_npy(run / "pairs" / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
-    metrics.update(_recall(u2i, train, valid, pc.eval_max_users, cfg.seed))
+    metrics.update(_recall(u2i, train, valid, query_cap(pc.eval_max_users, u2i.n_items, pc.eval_max_scores), cfg.seed))
 
     tables = []
     for source in pc.sources:
