@@ -85,8 +85,11 @@ def run_stage(stage: str, run: Path, sets: list[str], config: str, log: Path) ->
     return wall, usage.ru_maxrss / 2**20, proc.returncode  # ru_maxrss is in KiB on Linux
 
 
-def growth_exponent(events: list[int], seconds: list[float]) -> float | None:
-    """Slope of log seconds against log events between the two largest sizes."""
+def growth_exponent(events: list[int], seconds: list[float | None]) -> float | None:
+    """Slope of log seconds against log events between the two largest sizes that have a figure
+    (a size stopped before this stage has None)."""
+    kept = [(e, t) for e, t in zip(events, seconds) if t is not None]
+    events, seconds = [e for e, _ in kept], [t for _, t in kept]
     if len(events) < 2:
         return None
     order = sorted(range(len(events)), key=lambda i: events[i])
@@ -115,16 +118,17 @@ def report(result: dict) -> None:
     """Print the Markdown table of ``result`` and the goals."""
     def fmt(g):
         return "-" if g is None else f"{g:.2f}"
-    print("\n| stage | " + " | ".join(f"{s['n_items']:,} x {s['n_events']:,}" for s in result["sizes"])
+    print("\n| stage | " + " | ".join(f"{s['n_items']:,} x {s['n_events']:,}{' (stopped)' if s.get('partial') else ''}"
+                                      for s in result["sizes"])
           + " | growth exponent (events) | (items) |")
     print("|---|" + "---|" * len(result["sizes"]) + "---|---|")
     for stage in STAGES:
-        cells = [f"{t:.1f} s, {r:.2f} GiB" for t, r in zip(result["stages"][stage]["seconds"],
-                                                          result["stages"][stage]["peak_rss_gib"])]
+        cells = ["not run" if t is None else f"{t:.1f} s, {r:.2f} GiB"
+                 for t, r in zip(result["stages"][stage]["seconds"], result["stages"][stage]["peak_rss_gib"])]
         print(f"| {stage} | " + " | ".join(cells)
               + f" | {fmt(result['growth_exponent'][stage])} | {fmt(result['growth_exponent_items'][stage])} |")
     sps = result["rank_train_samples_per_s"]
-    print("| ranker train samples/s | " + " | ".join(f"{v:,.0f}" for v in sps) + " | | |")
+    print("| ranker train samples/s | " + " | ".join("-" if v is None else f"{v:,.0f}" for v in sps) + " | | |")
     for f in result.get("failed", []):
         print(f"FAILED at {f['n_items']:,} x {f['n_events']:,}: stage {f['stage']} exit {f['exit']} after "
               f"{f['process_seconds']:.0f} s, peak RSS {f['peak_rss_gib']:.2f} GiB (exit -9: killed, most often out of memory)")
@@ -133,10 +137,12 @@ def report(result: dict) -> None:
     if gs:
         goals.append(f"max growth exponent {max(gs):.2f} (goal <= 1.15)")
     if result["sizes"]:
-        goals.append(f"max peak RSS at the largest size measured {max(result['stages'][s]['peak_rss_gib'][-1] for s in STAGES):.2f}"
+        last = [result["stages"][s]["peak_rss_gib"][-1] for s in STAGES]
+        goals.append(f"max peak RSS at the largest size measured {max(r for r in last if r is not None):.2f}"
                      " GiB (goal <= 12 at 1M x 20M)")
-    if len(sps) > 1:
-        goals.append(f"ranker samples/s largest / smallest {sps[-1] / sps[0]:.2f} (goal >= 0.7)")
+    rates = [v for v in sps if v is not None]
+    if len(rates) > 1:
+        goals.append(f"ranker samples/s largest / smallest {rates[-1] / rates[0]:.2f} (goal >= 0.7)")
     print("; ".join(goals))
     le = result["load_average"]["end"]
     print(f"load average at end: {le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}")
@@ -155,6 +161,15 @@ def merge(paths: list[Path]) -> dict:
                  "process_seconds": {s: [] for s in STAGES}, "config_overrides": list(next(iter(sets))),
                  "load_average": {"start": parts[0]["load_average"]["start"]}, "merged_from": [str(p) for p in paths]}
     for r in parts:
+        if "in_progress" in r:
+            # a size stopped part-way (out of time, say): its finished stages, "not run" for the rest
+            ip = r["in_progress"]
+            r = {**r, "sizes": r["sizes"] + [{"n_items": ip["n_items"], "n_events": ip["n_events"], "partial": True}],
+                 "rank_train_samples_per_s": r["rank_train_samples_per_s"] + [None],
+                 "n_users": r["n_users"] + [None],
+                 "stages": {st: {k: r["stages"][st][k][:len(r["sizes"])] + [ip["stages"].get(st, {}).get(k)]
+                                 for k in ("seconds", "peak_rss_gib")} for st in STAGES},
+                 "process_seconds": {st: r["process_seconds"][st][:len(r["sizes"])] + [None] for st in STAGES}}
         out["sizes"] += r["sizes"]
         out["rank_train_samples_per_s"] += r["rank_train_samples_per_s"]
         out["n_users"] += r["n_users"]
