@@ -16,6 +16,7 @@ at the largest size <= 12 GiB, ranker train samples/s at the largest size >= 0.7
 
     python benchmarks/bench_scale.py --json OUT.json                       # 10k/1M, 100k/5M, 1M/20M
     python benchmarks/bench_scale.py --sizes 10000x1000000 --json OUT.json # the smallest size only
+    python benchmarks/bench_scale.py --work DIR --keep --json OUT.json --resume  # go on where a stopped run left off
 
 ``--json OUT`` writes {"sizes": [{"n_items", "n_events"}, ..], "stages": {stage: {"seconds": [..],
 "peak_rss_gib": [..]}}, "growth_exponent": {stage: ..}, "rank_train_samples_per_s": [..]} (plus
@@ -210,6 +211,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="folder for the run directories (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the run directories")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--resume", action="store_true",
+                   help="with --work, --keep and --json: keep the sizes OUT.json already has and, for the size in "
+                        "progress, its run directory and measured stages; run only the stages after them")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="run nothing: print (and with --json write) the table of these result files together")
     args = p.parse_args()
@@ -228,18 +232,39 @@ def main() -> None:
     result: dict = {"sizes": [], "stages": {s: {"seconds": [], "peak_rss_gib": []} for s in STAGES},
                     "growth_exponent": {}, "rank_train_samples_per_s": [], "n_users": [],
                     "process_seconds": {s: [] for s in STAGES}, "load_average": {"start": list(load0)}}
+    if args.resume:
+        if not (args.work and args.keep and args.json and args.json.exists()):
+            raise SystemExit("--resume needs --work DIR, --keep and an existing --json OUT.json from the stopped run")
+        result = json.loads(args.json.read_text())
+        result.setdefault("resumed", []).append({"load_average_start": list(load0)})
     for n_items, n_events in sizes:
         n_users = max(1000, n_events // args.events_per_user)
         run = work / f"run-{n_items}x{n_events}"
-        if run.exists():
-            shutil.rmtree(run)
-        run.mkdir(parents=True)
+        if any(s == {"n_items": n_items, "n_events": n_events} for s in result["sizes"]):
+            print(f"\n=== {n_items:,} x {n_events:,}: measured in {args.json}, kept ===", flush=True)
+            continue
+        done: list[str] = []
+        ip = result.get("in_progress")
+        if args.resume and ip and (ip["n_items"], ip["n_events"]) == (n_items, n_events) and run.exists():
+            # the stages this size finished before the stop keep their figures and their outputs
+            done = [st for st in STAGES if st in ip["stages"]]
+            print(f"resuming {run} after {', '.join(done)}", flush=True)
+        else:
+            result.pop("in_progress", None)
+            if run.exists():
+                shutil.rmtree(run)
+            run.mkdir(parents=True)
         sets = overrides(n_items, n_events, n_users, run, args)
-        result["config_overrides"] = [s for s in sets if "item_embedding" not in s and "n_" not in s]
+        kept = [s for s in sets if "item_embedding" not in s and "n_" not in s]
+        if args.resume and result.get("config_overrides", kept) != kept:
+            raise SystemExit(f"--resume: {args.json} ran with {result['config_overrides']}, this call gives {kept}")
+        result["config_overrides"] = kept
         print(f"\n=== {n_items:,} items, {n_events:,} events, {n_users:,} users -> {run} ===", flush=True)
         log = run / "bench.log"
         failed = None
         for stage in STAGES:
+            if stage in done:
+                continue
             wall, rss, rc = run_stage(stage, run, sets, args.config, log)
             if rc != 0:
                 # keep what the smaller sizes measured: record the failure (exit status -9 = killed,

@@ -15,7 +15,8 @@ from qarm.errors import ConfigError, QarmError
 from qarm.io import path_sha256, read_json, write_json, write_parquet
 from qarm.report.results import render_all
 from qarm.runner import run_stages
-from qarm.study import aggregate, export_results, load_results, parse_seeds, run_study, summarize_study
+from qarm.study import (aggregate, export_results, grid_points, load_results, parse_grid, parse_seeds, point_name,
+                        run_grid, run_study, shared_stages, summarize_study)
 
 
 def _leaf(mean, std=0.01):
@@ -86,7 +87,7 @@ def test_load_and_export_results(tmp_path):
     assert saved == json.loads(json.dumps(out, allow_nan=True).replace("NaN", "null"))
     assert saved["kind"] == "run" and saved["config"]["name"] == "fake" and "exported_git_commit" in saved
     assert render_all(load_results(tmp_path / "docs" / "fake.json")) == render_all(data)
-    with pytest.raises(QarmError, match="neither"):
+    with pytest.raises(QarmError, match="none of grid.json"):
         load_results(tmp_path)
 
 
@@ -172,4 +173,70 @@ def test_study_cli_rejects_bad_seeds_before_running(tmp_path, capsys):
     assert "seed 0 is given twice" in capsys.readouterr().err
     assert not (tmp_path / "s").exists(), "nothing runs on a bad seed list"
     assert main(["results", str(tmp_path)]) == 2
-    assert "neither study.json" in capsys.readouterr().err
+    assert "none of grid.json" in capsys.readouterr().err
+
+
+def test_parse_grid_and_points():
+    grid = parse_grid(["align.content_weight=0,0.3", "rank.variants=[qarm,id],[qarm]"])
+    assert grid == [("align.content_weight", ["0", "0.3"]), ("rank.variants", ["[qarm,id]", "[qarm]"])]
+    points = grid_points(grid)
+    assert points[0] == ["align.content_weight=0", "rank.variants=[qarm,id]"] and len(points) == 4
+    assert point_name(points[0]) == "align.content_weight=0+rank.variants=_qarm,id_"
+    assert shared_stages(grid, ["prepare", "pairs", "align", "quantize", "train"]) == ["prepare", "pairs"]
+    assert shared_stages(parse_grid(["rank.epochs=1,2"]), ["prepare", "pairs", "align", "quantize", "train"]) == \
+        ["prepare", "pairs", "align", "quantize"]
+    for bad, why in ((["content_weight=0,1"], "SECTION.KEY"), (["align.epochs=1,1"], "distinct"),
+                     (["align.epochs=1", "align.epochs=2"], "given twice"), (["align.epochs=1,"], "non-empty")):
+        with pytest.raises(ConfigError, match=why):
+            parse_grid(bad)
+
+
+def test_grid_runs_one_study_per_point_sharing_the_untouched_stages(world_files, tmp_path, capsys):
+    base = _overrides(world_files) + ["rank.seeds=[0]"]
+    out = tmp_path / "grid"
+    logs: list[str] = []
+    grid = parse_grid(["align.content_weight=0,0.5"])
+    data = run_grid(lambda sets: load_config(None, base + sets), out, [0], grid, command="qarm study grid-test",
+                    log=logs.append)
+    assert data["kind"] == "grid" and data["shared_stages"] == ["prepare", "pairs"] and data["seeds"] == [0]
+    a, b = (out / point_name(p) / "seed0" for p in grid_points(grid))
+    assert [p["overrides"] for p in data["points"]] == [{"align.content_weight": "0"}, {"align.content_weight": "0.5"}]
+    # the second point reuses the first point's prepare and pairs outputs (same files), reruns the rest
+    for name in ("events.parquet", "pairs.parquet"):
+        assert os.path.samefile(a / name, b / name)
+    second = logs[[i for i, m in enumerate(logs) if "point 2/2" in m][0]:]
+    assert not [m for m in second if "[prepare] done" in m or "[pairs] done" in m]
+    assert [m for m in second if "[align] done" in m] and [m for m in second if "[train] done" in m]
+    assert path_sha256(a / "emb_aligned.npy") != path_sha256(b / "emb_aligned.npy"), "the grid value takes effect"
+    cached = sorted((a / "align" / "cache").glob("*.npz"))
+    assert cached and all(os.path.samefile(f, b / "align" / "cache" / f.name) for f in cached)
+    assert read_json(b / "config.json")["align"]["content_weight"] == 0.5
+    first, other = (p["study"] for p in data["points"])
+    assert first["pairs"] == other["pairs"] and first["align"]["content_weight"]["mean"] == 0.0
+    assert other["align"]["content_weight"]["mean"] == 0.5
+
+    md = (out / "grid.md").read_text()
+    assert md == render_all(read_json(out / "grid.json"))
+    assert "| `align.content_weight` | pair R@10 |" in md and "`vq` cold AUC" in md and "| 0.5 |" in md
+    capsys.readouterr()
+    assert main(["results", str(out), "--table", "grid", "--task", "click"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| `align.content_weight` |") and len(table.splitlines()) == 4
+    assert main(["results", str(out), "--table", "grid", "--stage", "quantize", "--variants", "vq"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "RQ collision rate" in header and "pair R@10" not in header and header.endswith("`vq` cold AUC |")
+    assert main(["results", str(out), "--table", "grid", "--stage", "rank"]) == 2
+    assert "stage='rank'" in capsys.readouterr().err
+
+    # resume: nothing reruns
+    logs.clear()
+    run_grid(lambda sets: load_config(None, base + sets), out, [0], grid, command="qarm study grid-test",
+             log=logs.append)
+    assert not [m for m in logs if "] done in" in m], "a finished grid reruns no stage"
+
+
+def test_study_cli_rejects_a_bad_grid_value_before_running(tmp_path, capsys):
+    assert main(["study", "demo", "--out", str(tmp_path / "g"), "--seeds", "0",
+                 "--grid", "align.epochs=1,many"]) == 2
+    assert "align.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists(), "nothing runs on a bad grid value"

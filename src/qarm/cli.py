@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated pipeline seeds (default 0,1,2)")
     p.add_argument("--stages", default="", help="comma-separated subset (default: all but report)")
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                   help="one study per combination of the values (repeatable) in DIR/<point>/; the stages "
+                        "before the first one a grid key changes run once per seed and are shared. "
+                        "Writes DIR/grid.json and DIR/grid.md as well")
 
     p = sub.add_parser("results", help="Markdown tables of a run or a study",
                        description="Print the tables of a run (DIR/metrics.json) or a study (DIR/study.json) "
@@ -102,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "<!-- results: PATH table=NAME --> ... <!-- /results --> from their JSON. "
                                    "Reads: DIR or a JSON file. Writes: stdout (or the --readme file).")
     p.add_argument("path", nargs="?", type=Path, help="run or study directory, or its metrics.json / study.json")
-    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve")
-    p.add_argument("--task", default=None, help="with --table rank or buckets: the task (label column)")
+    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve, grid")
+    p.add_argument("--task", default=None, help="with --table rank, buckets or grid: the task (label column)")
+    p.add_argument("--variants", default=None, help="with --table grid: comma-separated variants to show")
+    p.add_argument("--stage", default=None, help="with --table grid: show every figure of this stage (pairs, align, "
+                                                  "quantize) instead of the default three")
     p.add_argument("--export", type=Path, default=None,
                    help="also write the JSON, with config and git commit, to this file (e.g. docs/results/x.json)")
     p.add_argument("--readme", type=Path, default=None, help="re-render the marked results blocks of this file")
@@ -174,13 +181,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "study":
         import shlex
 
-        from qarm.study import parse_seeds, run_study
+        from qarm.study import grid_points, parse_grid, parse_seeds, run_grid, run_study
 
         cfg = load_config(args.config, args.overrides)
         stages = [s.strip() for s in args.stages.split(",") if s.strip()] or None
         command = shlex.join(["qarm", "study", args.config, "--seeds", args.seeds, "--out", str(args.out)]
-                             + [f"--set={o}" for o in args.overrides] + (["--stages", args.stages] if args.stages else [])
-                             + (["--force"] if args.force else []))
+                             + [f"--set={o}" for o in args.overrides] + [f"--grid={g}" for g in args.grid]
+                             + (["--stages", args.stages] if args.stages else []) + (["--force"] if args.force else []))
+        if args.grid:
+            grid = parse_grid(args.grid)
+            for sets in grid_points(grid):
+                load_config(args.config, args.overrides + sets)  # a bad value fails now, not after hours
+            run_grid(lambda sets: load_config(args.config, args.overrides + sets), args.out, parse_seeds(args.seeds),
+                     grid, stages=stages, force=args.force, command=command)
+            print(f"grid: {(args.out / 'grid.json').resolve()}")
+            return 0
         run_study(cfg, args.out, parse_seeds(args.seeds), stages=stages, force=args.force, command=command)
         print(f"study: {(args.out / 'study.json').resolve()}")
         return 0
@@ -206,7 +221,8 @@ def _results(args: argparse.Namespace) -> int:
     if args.export is not None:
         export_results(args.path, args.export)
     if args.table:
-        sys.stdout.write(render_table(data, args.table, **({"task": args.task} if args.task else {})) + "\n")
+        options = {k: v for k, v in (("task", args.task), ("variants", args.variants), ("stage", args.stage)) if v}
+        sys.stdout.write(render_table(data, args.table, **options) + "\n")
     else:
         sys.stdout.write(render_all(data))
     return 0

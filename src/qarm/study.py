@@ -39,10 +39,12 @@ from qarm import __version__
 from qarm.config import Config
 from qarm.errors import ConfigError, QarmError
 from qarm.io import read_json, write_bytes, write_json
-from qarm.runner import STAGES, run_stages
+from qarm.runner import STAGE_BY_NAME, STAGES, run_stages
 
 STUDY_FILE = "study.json"
 STUDY_MARKDOWN = "study.md"
+GRID_FILE = "grid.json"
+GRID_MARKDOWN = "grid.md"
 SHARED_CACHE = Path("shared") / "align-cache"
 SEED_SECTIONS = ("prepare", "pairs", "align", "quantize", "retrieve")
 # per-epoch curves are not a figure one averages over seeds
@@ -120,10 +122,13 @@ def seed_config(cfg: Config, seed: int) -> Config:
 
 
 def run_study(cfg: Config, out: str | Path, seeds: Sequence[int], stages: Sequence[str] | None = None,
-              force: bool = False, command: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              force: bool = False, command: str | None = None, log: Callable[[str], None] = print,
+              before_seed: Callable[[int, Path], None] | None = None,
+              figures_of: Sequence[str] | None = None) -> dict[str, Any]:
     """Run ``stages`` (default: all but report) once per pipeline seed in ``out/seed<s>/``; write
-    ``out/study.json`` and ``out/study.md``. Returns the study dict."""
+    ``out/study.json`` and ``out/study.md``. Returns the study dict. ``before_seed(s, seed_dir)``
+    runs before each seed's stages (a grid links the stages its points share there); ``figures_of``:
+    the stages whose figures the study summarises (default ``stages``)."""
     out = Path(out)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -136,8 +141,14 @@ def run_study(cfg: Config, out: str | Path, seeds: Sequence[int], stages: Sequen
         cache = seed_dir / "align" / "cache"
         n_in = share_cache(shared, cache)
         log(f"[study] pipeline seed {s} -> {seed_dir}" + (f" ({n_in} shared tower-feature files linked)" if n_in else ""))
-        runs[s] = run_stages(seed_config(cfg, s), seed_dir, stages=names, force=force,
+        if before_seed is not None:
+            before_seed(s, seed_dir)
+        metrics = run_stages(seed_config(cfg, s), seed_dir, stages=names, force=force,
                              log=lambda m, s=s: log(f"[seed {s}] {m}"))
+        # only the figures of the stages this study ran (a seed directory may hold others, from an
+        # earlier run with another config: they are not this study's)
+        keep = {STAGE_BY_NAME[n].metrics_key for n in (figures_of or names)}
+        runs[s] = {k: v for k, v in metrics.items() if k in keep}
         share_cache(cache, shared)
     study = summarize_study(runs)
     study.update({"seeds": seeds, "config": cfg.to_dict(), "config_name": cfg.name, "stages": names,
@@ -149,6 +160,144 @@ def run_study(cfg: Config, out: str | Path, seeds: Sequence[int], stages: Sequen
     write_bytes(out / STUDY_MARKDOWN, render_all(read_json(out / STUDY_FILE)).encode())
     log(f"[study] {len(seeds)} pipeline seeds -> {out / STUDY_FILE}, {out / STUDY_MARKDOWN}")
     return study
+
+
+# ----------------------------------------------------------------------------------------------
+# grids: one study per combination of override values, the stages they do not touch run once
+
+
+def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``["align.content_weight=0,0.3", "rank.variants=[qarm,id],[qarm]"]`` ->
+    ``[("align.content_weight", ["0", "0.3"]), ("rank.variants", ["[qarm,id]", "[qarm]"])]``.
+
+    Values are split at commas outside brackets, so list values keep theirs. A key must be a
+    ``section.key`` that ``--set`` accepts; it may appear once."""
+    out: list[tuple[str, list[str]]] = []
+    for spec in specs:
+        key, sep, text = str(spec).partition("=")
+        key = key.strip()
+        if not sep or "." not in key or not text.strip():
+            raise ConfigError(f"--grid {spec!r}: expected SECTION.KEY=V1,V2,... (e.g. align.content_weight=0,0.3)")
+        values, depth, cur = [], 0, ""
+        for ch in text:
+            depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(ch, 0)
+            if ch == "," and depth == 0:
+                values.append(cur.strip())
+                cur = ""
+            else:
+                cur += ch
+        values.append(cur.strip())
+        if any(not v for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"--grid {spec!r}: values must be non-empty and distinct, got {values}")
+        if key in {k for k, _ in out}:
+            raise ConfigError(f"--grid: {key} is given twice")
+        out.append((key, values))
+    if not out:
+        raise ConfigError("--grid: give at least one SECTION.KEY=V1,V2,...")
+    return out
+
+
+def grid_points(grid: Sequence[tuple[str, Sequence[str]]]) -> list[list[str]]:
+    """Every combination as ``--set`` overrides, the first key varying slowest."""
+    points: list[list[str]] = [[]]
+    for key, values in grid:
+        points = [p + [f"{key}={v}"] for p in points for v in values]
+    return points
+
+
+def point_name(sets: Sequence[str]) -> str:
+    """Directory name of a grid point: ``align.content_weight=0.3+align.temperature=0.2``."""
+    return "+".join(sets).translate(str.maketrans({c: "_" for c in '/\\:*?"<>| []{}'}))
+
+
+def shared_stages(grid: Sequence[tuple[str, Sequence[str]]], names: Sequence[str]) -> list[str]:
+    """The stages of ``names`` before the first one whose config sections a grid key changes: their
+    outputs are the same at every point, so they run once (at the first point) per seed."""
+    sections = {key.split(".", 1)[0] for key, _ in grid}
+    shared = []
+    for stage in STAGES:
+        if stage.name not in names:
+            continue
+        if sections & set(stage.sections):
+            break
+        shared.append(stage.name)
+    return shared
+
+
+def link_stage_outputs(src_dir: Path, dst_dir: Path, stages: Sequence[str]) -> int:
+    """Hard-link the outputs of ``stages`` (files, and the files under output folders) of run
+    ``src_dir`` into run ``dst_dir``, with their manifest entries and metrics, so the runner sees
+    them as up to date. Safe for the same reason as ``share_cache``: every stage writes through an
+    atomic rename (a new inode), never into an existing file. Returns the number of files linked."""
+    if not (src_dir / "manifest.json").is_file():
+        return 0
+    n = 0
+    for name in stages:
+        for output in STAGE_BY_NAME[name].outputs:
+            src = src_dir / output
+            files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file()) if src.is_dir() else []
+            for f in files:
+                if f.name.startswith("."):  # temp files of a killed write are never shared
+                    continue
+                dst = dst_dir / f.relative_to(src_dir)
+                if dst.exists() and not os.path.samefile(f, dst):
+                    dst.unlink()  # the first point reran this stage (--force): take its new output
+                n += _link_or_copy(f, dst)
+    src_manifest = read_json(src_dir / "manifest.json")
+    manifest = read_json(dst_dir / "manifest.json") if (dst_dir / "manifest.json").is_file() else {"stages": {}}
+    metrics = read_json(dst_dir / "metrics.json") if (dst_dir / "metrics.json").is_file() else {}
+    src_metrics = read_json(src_dir / "metrics.json") if (src_dir / "metrics.json").is_file() else {}
+    for name in stages:
+        if name in src_manifest.get("stages", {}):
+            manifest["stages"][name] = src_manifest["stages"][name]
+        key = STAGE_BY_NAME[name].metrics_key
+        if key in src_metrics:
+            metrics[key] = src_metrics[key]
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    write_json(dst_dir / "manifest.json", manifest)
+    write_json(dst_dir / "metrics.json", metrics)
+    return n
+
+
+def run_grid(make_config: Callable[[list[str]], Config], out: str | Path, seeds: Sequence[int],
+             grid: Sequence[tuple[str, Sequence[str]]], stages: Sequence[str] | None = None, force: bool = False,
+             command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One study per grid point in ``out/<point>/`` (``make_config(point overrides)`` gives its
+    config); the stages no grid key touches run at the first point only and are linked into the
+    others, and so are the frozen tower features (``share_cache``). Writes ``out/grid.json`` (``kind: grid``, each point's overrides and study) and
+    ``out/grid.md``. Returns the grid dict."""
+    out = Path(out)
+    names = list(stages) if stages else default_stages()
+    shared = shared_stages(grid, names)
+    points = grid_points(grid)
+    first = out / point_name(points[0])
+    log(f"[grid] {len(points)} points x {len(seeds)} pipeline seeds; run once per seed and shared: "
+        f"{', '.join(shared) or 'nothing'}")
+    results = []
+    for i, sets in enumerate(points):
+        where = out / point_name(sets)
+        log(f"[grid] point {i + 1}/{len(points)}: {' '.join(sets)} -> {where}")
+
+        if i:  # the frozen tower features do not depend on any grid value either
+            share_cache(first / SHARED_CACHE, where / SHARED_CACHE)
+
+        def link(s: int, seed_dir: Path, i: int = i) -> None:
+            if i and shared:
+                link_stage_outputs(first / f"seed{s}", seed_dir, shared)
+
+        # later points run only their own stages: the shared ones are linked in, never rerun
+        study = run_study(make_config(sets), where, seeds, stages=[n for n in names if not i or n not in shared],
+                          force=force, command=command, log=log, before_seed=link, figures_of=names)
+        results.append({"overrides": dict(s.split("=", 1) for s in sets), "dir": where.name, "study": study})
+    data = {"kind": "grid", "grid": [{"key": k, "values": list(v)} for k, v in grid], "seeds": [int(s) for s in seeds],
+            "stages": names, "shared_stages": shared, "points": results, "command": command or "",
+            "qarm_version": __version__, **git_commit()}
+    write_json(out / GRID_FILE, data)
+    from qarm.report.results import render_all
+
+    write_bytes(out / GRID_MARKDOWN, render_all(read_json(out / GRID_FILE)).encode())
+    log(f"[grid] {len(points)} points -> {out / GRID_FILE}, {out / GRID_MARKDOWN}")
+    return data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,12 +392,15 @@ def load_results(path: str | Path) -> dict[str, Any]:
     A run's metrics come back as they are, with its ``config.json`` under ``config`` when present."""
     p = Path(path)
     if p.is_dir():
-        if (p / STUDY_FILE).is_file():
+        if (p / GRID_FILE).is_file():
+            p = p / GRID_FILE
+        elif (p / STUDY_FILE).is_file():
             p = p / STUDY_FILE
         elif (p / "metrics.json").is_file():
             p = p / "metrics.json"
         else:
-            raise QarmError(f"{path}: neither {STUDY_FILE} (qarm study) nor metrics.json (qarm run) is there")
+            raise QarmError(f"{path}: none of {GRID_FILE} (qarm study --grid), {STUDY_FILE} (qarm study) "
+                            "or metrics.json (qarm run) is there")
     if not p.is_file():
         raise QarmError(f"{path}: no such file or directory")
     try:
@@ -257,7 +409,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise QarmError(f"{p}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise QarmError(f"{p}: expected a JSON object of metrics")
-    if data.get("kind") != "study" and "config" not in data and (p.parent / "config.json").is_file():
+    if data.get("kind") not in ("study", "grid") and "config" not in data and (p.parent / "config.json").is_file():
         data = {**data, "config": read_json(p.parent / "config.json")}
     return data
 
@@ -269,7 +421,7 @@ def export_results(src: str | Path, dst: str | Path) -> dict[str, Any]:
     A run's metrics.json gets ``kind: run``, its ``config.json`` under ``config``, and the git commit
     of the checkout at export time (a run directory does not record the commit it ran on)."""
     data = load_results(src)
-    if data.get("kind") != "study":
+    if data.get("kind") not in ("study", "grid"):
         data = {**data, "kind": "run", "qarm_version": __version__,
                 **{f"exported_{k}": v for k, v in git_commit().items()}}
     write_json(dst, data)

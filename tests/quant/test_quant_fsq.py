@@ -67,3 +67,35 @@ def test_quantize_config_switch_leaves_the_default_alone():
     fsq = load_config(None, ["quantize.rq_method=fsq", "quantize.rq_sizes=[32,32,32]"]).quantize
     model = build_rq(fsq, 0)
     assert isinstance(model, ResKMeansFSQ) and model._levels().tolist() == [4, 4, 2]
+
+
+def test_balanced_fsq_spreads_colliding_items_and_serves_the_same_codes(tmp_path):
+    # tight clusters: plain FSQ rounds many items of one prefix onto one cell
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 16))
+    X = (centres[rng.integers(0, 12, 900)] + 0.05 * rng.normal(size=(900, 16))).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    plain = ResKMeansFSQ([8, 16], fsq_epochs=40, seed=0).fit(X)
+    balanced = ResKMeansFSQ([8, 16], fsq_epochs=40, seed=0, balanced=True).fit(X)
+    # the same k-means level and the same trained projection: only the prices differ
+    np.testing.assert_array_equal(balanced.enc_w_, plain.enc_w_)
+    c_plain, c_bal = plain.transform(X), balanced.transform(X)
+    np.testing.assert_array_equal(c_bal[:, 0], c_plain[:, 0])
+    assert balanced.price_keys_.size > 0 and plain.price_keys_.size == 0
+    rate = {name: rq_metrics(X, c, m.codebooks_, m.sizes)["rq.collision_rate"]
+            for name, c, m in (("plain", c_plain, plain), ("balanced", c_bal, balanced))}
+    assert rate["balanced"] < rate["plain"]
+    # prices are positive, so an item whose rounded cell carries none keeps it: the argmin of the
+    # cell costs is the plain rounding
+    untouched = ~np.isin(c_plain[:, 0].astype(np.int64) * 16 + c_plain[:, 1], balanced.price_keys_)
+    assert 0 < untouched.sum() < len(X)
+    np.testing.assert_array_equal(c_bal[untouched, 1], c_plain[untouched, 1])
+    # an item's code is the same alone, in a small request and in the whole catalogue; save/load keeps it
+    np.testing.assert_array_equal(np.concatenate([balanced.transform(X[i:i + 1]) for i in range(0, 900, 97)]),
+                                  c_bal[::97])
+    balanced.save(tmp_path)
+    again = load_quantizer(tmp_path)
+    assert again.balanced and again.get_params() == balanced.get_params()
+    np.testing.assert_array_equal(again.transform(X), c_bal)
+    cfg = load_config(None, ["quantize.rq_method=fsq", "quantize.rq_sizes=[8,16]", "quantize.rq_fsq_balanced=true"])
+    assert build_rq(cfg.quantize, 0).balanced

@@ -14,6 +14,7 @@ from qarm.rank.features import (
     build_events,
     build_item_tables,
     match_counts,
+    shared_codes,
     variant_specs,
 )
 
@@ -72,6 +73,23 @@ def test_code_match_counts_match_a_loop(built):
             assert got[f"rq_match_{d}"][k] == sum(rq[h][:d] == rq[tg][:d] for h in hist)
         assert got["vq_overlap_items"][k] == sum(bool(vq[h] & vq[tg]) for h in hist)
         assert got["vq_overlap_codes"][k] == sum(len(vq[h] & vq[tg]) for h in hist)
+
+
+def test_shared_codes_equal_the_pairwise_comparison():
+    rng = np.random.default_rng(0)
+    vq = rng.integers(0, 40, size=(300, 6))
+    vq[:2] = -1                      # PAD / UNKNOWN rows
+    vq[5, :2] = 7                    # a code listed twice counts twice, as pairwise equality does
+    target = np.r_[rng.integers(0, 300, 50), np.full(20, 5), [0, 1]]    # repeated and unknown targets
+    hist = rng.integers(0, 300, size=(len(target), 9))
+    hist[:, -2:] = 0                 # PAD slots
+    vt, vh = vq[target], vq[hist]
+    vt = np.where(vt < 0, -2, vt)
+    want = (vh[:, :, :, None] == vt[:, None, None, :]).sum((2, 3))
+    np.testing.assert_array_equal(shared_codes(vq, target, hist), want)
+    # one event alone gets the same counts as in the batch (serving = training)
+    np.testing.assert_array_equal(shared_codes(vq, target[3:4], hist[3:4]), want[3:4])
+    assert shared_codes(vq, target[:0], hist[:0]).shape == (0, 9)
 
 
 def test_variants_are_feature_lists(built):

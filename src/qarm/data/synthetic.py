@@ -266,11 +266,16 @@ def _sample_events(cfg: SyntheticConfig, gt: pd.DataFrame, users: pd.DataFrame, 
     draw(np.arange(n), "synthetic events")
     # A feed rarely shows a user the same item twice: redraw repeats (the later ones) a few times;
     # what is left are heavy users who exhausted their cluster's available items.
+    # Only the users of the events just redrawn can have repeats in the next round, so each round
+    # looks at their events alone (same result as the whole table: a repeat is within one user):
+    # the rounds after the first cost O(those events), not O(all events) each.
+    scope = np.arange(n)
     for _ in range(DEDUP_ROUNDS):
-        repeat = pd.Series(user_row * n_items + item_row).duplicated().to_numpy()
-        if not repeat.any():
+        repeat = scope[pd.Series(user_row[scope] * n_items + item_row[scope]).duplicated().to_numpy()]
+        if not len(repeat):
             break
-        draw(np.flatnonzero(repeat), "redrawing repeats")
+        draw(repeat, "redrawing repeats")
+        scope = np.flatnonzero(np.isin(user_row, np.unique(user_row[repeat])))
     match = (item_business[item_row] == user_business).astype(np.float64)
     quality = gt["quality"].to_numpy()[item_row]
     click = rng.random(n) < 1.0 / (1.0 + np.exp(-(-0.6 + 1.6 * match + quality)))

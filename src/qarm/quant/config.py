@@ -36,5 +36,6 @@ class QuantizeConfig:
     # is finite scalar quantisation of the residual; rq_sizes[-1] must equal prod(rq_fsq_levels))
     rq_method: Literal["kmeans", "fsq"] = "kmeans"
     rq_fsq_levels: list[int] = field(default_factory=list)  # values per FSQ dimension; [] = auto (32 -> 4,4,2)
+    rq_fsq_balanced: bool = False   # fsq: capacity prices on the FSQ cells too (rq_balance_*; off = V2's FSQ)
     rq_fsq_epochs: int = 300        # fsq: straight-through training epochs over the fitted items
     rq_fsq_lr: float = 0.01         # fsq: Adam learning rate

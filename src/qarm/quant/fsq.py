@@ -9,6 +9,13 @@ error, the rounding passed through by the straight-through estimator. Because th
 than fitted to where residuals are dense, items of one tight cluster are split along the projected
 directions instead of all landing on one centroid, which is what lowers collisions.
 
+With ``balanced`` the last level also gets the capacity prices of balanced RQ-Kmeans
+(``qarm.quant.balance``): an item's cost for FSQ cell j is the squared distance, in the bounded
+projected space, from its point to cell j's grid point (whose argmin is the plain rounding), and
+over-full (prefix, cell) pairs are priced until each holds one item or the price cap
+(``balance_budget`` x the mean rounding error) is reached. Without prices the code is the rounding
+itself, so ``balanced=False`` is V2's FSQ unchanged.
+
 After training, the decoder is refitted by least squares and every used code's row is set to the mean
 residual of its items. The decoded grid is the last level's codebook (prod(fsq_levels) x dim), so ``inverse_transform``,
 ``codebooks_`` and every ``qarm.quant.metrics`` figure work exactly as for ``RQKMeans``.
@@ -23,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from qarm.io import read_json, read_npy, write_json, write_npy
+from qarm.quant.balance import add_prices, fit_prices
 from qarm.quant.checks import QuantizeError, check_codes, check_embeddings
-from qarm.quant.rq import RQKMeans, read_codebooks, sum_codewords, write_codebooks
+from qarm.quant.rq import RQKMeans, fixed_rows_matmul, read_codebooks, sum_codewords, write_codebooks
 
 _EPS = 1e-3
 
@@ -72,13 +80,16 @@ class ResKMeansFSQ:
     def __init__(self, sizes: Sequence[int] = (256, 256, 256), fsq_levels: Sequence[int] = (), *,
                  fsq_epochs: int = 300, fsq_lr: float = 0.01, fsq_batch_size: int = 4096, n_iter: int = 25,
                  n_init: int = 1, init: str = "kmeans++", max_train_points: int = 500_000,
-                 refine_rounds: int = 2, chunk_size: int = 8192, n_threads: int = 0, seed: int = 0,
-                 verbose: bool = False) -> None:
+                 refine_rounds: int = 2, balanced: bool = False, balance_budget: float = 0.2,
+                 balance_candidates: int = 32, balance_rounds: int = 30, chunk_size: int = 8192,
+                 n_threads: int = 0, seed: int = 0, verbose: bool = False) -> None:
         self.sizes = [int(k) for k in sizes]
         self.fsq_levels = [int(v) for v in fsq_levels]
         self.fsq_epochs, self.fsq_lr, self.fsq_batch_size = fsq_epochs, fsq_lr, fsq_batch_size
         self.n_iter, self.n_init, self.init = n_iter, n_init, init
         self.max_train_points, self.refine_rounds = max_train_points, refine_rounds
+        self.balanced, self.balance_budget = bool(balanced), float(balance_budget)
+        self.balance_candidates, self.balance_rounds = int(balance_candidates), int(balance_rounds)
         self.chunk_size, self.n_threads, self.seed, self.verbose = chunk_size, n_threads, seed, verbose
         if len(self.sizes) < 2 or min(self.sizes) < 1:
             raise QuantizeError(f"Res-Kmeans-FSQ needs >= 2 levels of positive sizes (k-means levels + the FSQ "
@@ -154,7 +165,41 @@ class ResKMeansFSQ:
         self.codebooks_ = [C.copy() for C in self._coarse.codebooks_] + [grid]
         self.price_keys_ = np.empty(0, np.int64)
         self.price_values_ = np.empty(0, np.float32)
+        if self.balanced:
+            self._fit_prices(X)
         return self
+
+    def _fit_prices(self, X: np.ndarray) -> None:
+        """Capacity-capped FSQ level on every fitted item, as ``RQKMeans._fit_prices`` does for k-means."""
+        n_codes = self.sizes[-1]
+        m = min(self.balance_candidates, n_codes)
+        cand = np.empty((len(X), m), np.int32)
+        cost = np.empty((len(X), m), np.float32)
+        prefix = np.empty(len(X), np.int64)
+        sq_err = 0.0
+        for s in range(0, len(X), self.chunk_size):
+            codes, r = self._coarse._encode_chunk(X[s:s + self.chunk_size], upto=len(self.sizes) - 1)
+            sc = self._cell_costs(r)
+            top = np.argpartition(sc, m - 1, axis=1)[:, :m] if m < n_codes else np.tile(np.arange(m), (len(sc), 1))
+            cand[s:s + len(sc)] = top
+            cost[s:s + len(sc)] = np.take_along_axis(sc, top, 1)
+            prefix[s:s + len(sc)] = self._coarse._prefix(codes)
+            sq_err += float(sc.min(axis=1).sum())
+        max_price = self.balance_budget * sq_err / max(len(X), 1)
+        self.price_keys_, self.price_values_ = fit_prices(cand, cost, prefix, n_codes, max_price,
+                                                          self.balance_rounds, verbose=self.verbose)
+
+    def _cell_costs(self, r: np.ndarray) -> np.ndarray:
+        """Squared distance, in the bounded projected space, from each residual's point to every FSQ
+        cell's grid point: float32 [n, prod(levels)]; its argmin is the plain rounding."""
+        half, offset, shift = _fsq_constants(self.levels_)
+        # fixed-row GEMM blocks: an item's costs, hence its priced code, never depend on its batch
+        bounded = np.tanh(fixed_rows_matmul(r, self.enc_w_) + self.enc_b_ + shift) * half - offset  # [n, m]
+        grid = np.stack(np.unravel_index(np.arange(self.sizes[-1]), tuple(self.levels_)), 1) - self.levels_ // 2
+        cost = np.zeros((len(r), len(grid)), np.float32)
+        for i in range(len(self.levels_)):  # separable: one [n, K] term per dimension
+            cost += (bounded[:, i:i + 1] - grid[None, :, i].astype(np.float32)) ** 2
+        return cost
 
     def _grid_codebook(self) -> np.ndarray:
         """Decoded reconstruction of every FSQ code, float32 [prod(levels), dim] (code = mixed radix)."""
@@ -187,7 +232,12 @@ class ResKMeansFSQ:
             chunk = X[s:s + self.chunk_size]
             codes, r = self._coarse._encode_chunk(chunk, upto=len(self.sizes) - 1)
             out[s:s + len(chunk), :-1] = codes
-            out[s:s + len(chunk), -1] = self._fsq_codes(r)
+            if self.price_keys_.size:  # balanced: the priced argmin over the cells
+                sc = self._cell_costs(r)
+                add_prices(sc, self._coarse._prefix(codes), self.price_keys_, self.price_values_, self.sizes[-1])
+                out[s:s + len(chunk), -1] = sc.argmin(axis=1)
+            else:
+                out[s:s + len(chunk), -1] = self._fsq_codes(r)
         return out
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
@@ -238,8 +288,9 @@ class ResKMeansFSQ:
         return {"sizes": self.sizes, "fsq_levels": self.fsq_levels, "fsq_epochs": self.fsq_epochs,
                 "fsq_lr": self.fsq_lr, "fsq_batch_size": self.fsq_batch_size, "n_iter": self.n_iter,
                 "n_init": self.n_init, "init": self.init, "max_train_points": self.max_train_points,
-                "refine_rounds": self.refine_rounds, "chunk_size": self.chunk_size, "n_threads": self.n_threads,
-                "seed": self.seed}
+                "refine_rounds": self.refine_rounds, "balanced": self.balanced, "balance_budget": self.balance_budget,
+                "balance_candidates": self.balance_candidates, "balance_rounds": self.balance_rounds,
+                "chunk_size": self.chunk_size, "n_threads": self.n_threads, "seed": self.seed}
 
     def __repr__(self) -> str:
         return f"ResKMeansFSQ({json.dumps(self.get_params())})"

@@ -28,6 +28,8 @@ def build_rq(q: QuantizeConfig, seed: int, verbose: bool = False) -> RQKMeans | 
         return ResKMeansFSQ(q.rq_sizes, q.rq_fsq_levels, fsq_epochs=q.rq_fsq_epochs, fsq_lr=q.rq_fsq_lr,
                             n_iter=q.rq_iters, n_init=q.rq_n_init, init=q.rq_init,
                             max_train_points=q.rq_max_train_points, refine_rounds=q.rq_refine_rounds,
+                            balanced=q.rq_fsq_balanced, balance_budget=q.rq_balance_budget,
+                            balance_candidates=q.rq_balance_candidates, balance_rounds=q.rq_balance_rounds,
                             chunk_size=q.rq_chunk_size, seed=seed, verbose=verbose)
     return RQKMeans(q.rq_sizes, n_iter=q.rq_iters, n_init=q.rq_n_init, init=q.rq_init,
                     max_train_points=q.rq_max_train_points, refine_rounds=q.rq_refine_rounds,

@@ -260,6 +260,59 @@ def retrieve_table(data: Mapping[str, Any]) -> str:
     return table(["method"] + metrics, rows)
 
 
+# (section, key, label, format): the upstream figures a grid table shows beside the ranking
+GRID_FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    ("align", "aligned.recall@10", "pair R@10", "share"),
+    ("align", "aligned.cold_recall@50", "cold pair R@50", "share"),
+    ("quantize", "rq.collision_rate", "RQ collisions", "share"),
+)
+
+
+def is_grid(data: Mapping[str, Any]) -> bool:
+    return data.get("kind") == "grid"
+
+
+def grid_table(data: Mapping[str, Any], task: str | None = None, variants: str | None = None,
+               stage: str | None = None) -> str:
+    """Grid points x (the varied values, pair recall, cold pair recall, RQ collisions, and per
+    variant GAUC and cold AUC of ``task``, default the first): one study per row.
+
+    ``variants``: comma-separated subset of the variants (default: all, in the usual order).
+    ``stage``: instead of those three upstream figures, every headline figure of that stage
+    (``pairs``, ``align`` or ``quantize``: the rows of the ``stages`` table)."""
+    if not is_grid(data) or not data.get("points"):
+        raise QarmError("not a grid (qarm study --grid): no grid points")
+    points = data["points"]
+    studies = [p["study"] for p in points]
+    first = studies[0]
+    names = ordered(variants_of(first), VARIANT_ORDER)
+    if variants:
+        wanted = [v.strip() for v in variants.split(",") if v.strip()]
+        missing = [v for v in wanted if v not in names]
+        if missing:
+            raise QarmError(f"grid table: variant {missing[0]!r} is not among {', '.join(names)}")
+        names = wanted
+    task = task or (tasks_of(first) or [None])[0]
+    keys = [g["key"] for g in data.get("grid") or []]
+    if stage is not None and stage not in {sec for sec, *_ in STAGE_FIGURES}:
+        raise QarmError(f"grid table: stage={stage!r} is not one of {', '.join(dict.fromkeys(s for s, *_ in STAGE_FIGURES))}")
+    chosen = [f for f in STAGE_FIGURES if f[0] == stage] if stage else GRID_FIGURES
+    figures = [(sec, k, label, kind) for sec, k, label, kind in chosen
+               if any(lookup(st.get(sec) or {}, k) is not None for st in studies)]
+    header = [f"`{k}`" for k in keys] + [f[2] for f in figures]
+    header += [f"`{v}` {label}" for v in names for label in ("GAUC", "cold AUC")]
+    rows = []
+    for point, st in zip(points, studies):
+        spread = has_spread(st)
+        row = [str(point["overrides"].get(k, "")) for k in keys]
+        row += [cell(lookup(st.get(sec) or {}, k), kind, spread=spread) for sec, k, _, kind in figures]
+        for v in names:
+            per_task = (variants_of(st).get(v) or {}).get(task) if task else None
+            row += [cell(lookup(per_task, m), spread=spread) for m in ("gauc", "cold_auc")]
+        rows.append(row)
+    return table(header, rows)
+
+
 def _is_spread(v: Any) -> bool:
     return isinstance(v, Mapping) and "mean" in v
 
@@ -279,14 +332,16 @@ TABLES: dict[str, tuple[str, Callable[..., str]]] = {
     "buckets": ("Test AUC per item-frequency bucket (train count), mean", buckets_table),
     "stages": ("Pairs, alignment and quantisation", stages_table),
     "retrieve": ("Retrieval", retrieve_table),
+    "grid": ("Grid", grid_table),
 }
+TABLE_OPTIONS = {"rank": {"task"}, "buckets": {"task"}, "grid": {"task", "variants", "stage"}}
 
 
 def render_table(data: Mapping[str, Any], name: str, **options: str) -> str:
     """One table by name (``rank``, ``buckets``, ``stages``, ``retrieve``); ``task=`` for rank/buckets."""
     if name not in TABLES:
         raise QarmError(f"unknown results table {name!r}; tables: {', '.join(TABLES)}")
-    unknown = set(options) - ({"task"} if name in ("rank", "buckets") else set())
+    unknown = set(options) - TABLE_OPTIONS.get(name, set())
     if unknown:
         raise QarmError(f"table {name!r} takes no option {sorted(unknown)[0]!r}")
     return TABLES[name][1](data, **options)
@@ -305,6 +360,8 @@ def available_tables(data: Mapping[str, Any]) -> list[str]:
 
 def render_all(data: Mapping[str, Any]) -> str:
     """Every table the JSON has, each under a heading, with what its ± means."""
+    if is_grid(data):
+        return render_grid(data)
     what = "Study" if is_study(data) else "Run"
     name = data.get("config_name") or (data.get("config") or {}).get("name") or ""
     lines = [f"## {what}{': ' + name if name else ''}", ""]
@@ -324,6 +381,23 @@ def render_all(data: Mapping[str, Any]) -> str:
             caption = _caption(data) if key == "rank" else ""
             lines += [f"{note}{'; ' + caption if caption else ''}.", ""]
         lines += [render_table(data, key), ""]
+    return "\n".join(lines)
+
+
+def render_grid(data: Mapping[str, Any]) -> str:
+    """A grid's table (every task), with what was varied, what was shared and the command."""
+    first = data["points"][0]["study"]
+    lines = ["## Grid: " + (first.get("config_name") or ""), "",
+             "- varied: " + "; ".join(f"`{g['key']}` in {', '.join(map(str, g['values']))}" for g in data.get("grid") or []),
+             f"- pipeline seeds: {', '.join(map(str, data.get('seeds', [])))}; " + _seeds_note(first),
+             f"- run once per seed and shared by every point: {', '.join(data.get('shared_stages') or []) or 'nothing'}",
+             f"- git commit: {data.get('git_commit') or 'unknown'}" + (" (uncommitted changes)" if data.get("git_dirty") else ""),
+             f"- qarm {data.get('qarm_version', '?')}"]
+    if data.get("command"):
+        lines.append(f"- command: `{data['command']}`")
+    lines.append("")
+    for task in tasks_of(first) or [None]:
+        lines += [f"### {task or 'figures'}", "", grid_table(data, task=task), ""]
     return "\n".join(lines)
 
 
