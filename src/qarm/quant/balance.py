@@ -13,8 +13,34 @@ function of the embedding (the same item always gets the same code, whatever els
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from tqdm.auto import tqdm
+
+
+def capacity_prices(chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, n_codes: int,
+                    candidates: int, budget: float, rounds: int, verbose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Prices of a capacity-capped last level from its per-item costs, chunk by chunk.
+
+    ``chunks`` yields, for consecutive items (``n`` in all), (prefix int64 [b], cost float32
+    [b, n_codes] of every last-level code, up to a per-row constant; best float [b]: the true
+    squared error of each row's cheapest code). Each item keeps its ``candidates`` cheapest codes;
+    the price cap is ``budget`` x the mean best error. Returns ``fit_prices``' (keys, values)."""
+    m = min(candidates, n_codes)
+    cand = np.empty((n, m), np.int32)
+    cost = np.empty((n, m), np.float32)
+    prefix = np.empty(n, np.int64)
+    sq_err, s = 0.0, 0
+    for pre, sc, best in chunks:
+        b = len(sc)
+        top = np.argpartition(sc, m - 1, axis=1)[:, :m] if m < sc.shape[1] else np.tile(np.arange(m), (b, 1))
+        cand[s:s + b] = top
+        cost[s:s + b] = np.take_along_axis(sc, top, 1)
+        prefix[s:s + b] = pre
+        sq_err += float(np.maximum(best, 0).sum())
+        s += b
+    return fit_prices(cand, cost, prefix, n_codes, budget * sq_err / max(n, 1), rounds, verbose=verbose)
 
 
 def fit_prices(cand: np.ndarray, cost: np.ndarray, prefix: np.ndarray, n_codes: int, max_price: float,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from qarm.io import read_json, read_npy, write_json, write_npy
-from qarm.quant.balance import add_prices, fit_prices
+from qarm.quant.balance import add_prices, capacity_prices
 from qarm.quant.checks import QuantizeError, check_codes, check_embeddings
 from qarm.quant.rq import RQKMeans, fixed_rows_matmul, read_codebooks, sum_codewords, write_codebooks
 
@@ -171,23 +171,15 @@ class ResKMeansFSQ:
 
     def _fit_prices(self, X: np.ndarray) -> None:
         """Capacity-capped FSQ level on every fitted item, as ``RQKMeans._fit_prices`` does for k-means."""
-        n_codes = self.sizes[-1]
-        m = min(self.balance_candidates, n_codes)
-        cand = np.empty((len(X), m), np.int32)
-        cost = np.empty((len(X), m), np.float32)
-        prefix = np.empty(len(X), np.int64)
-        sq_err = 0.0
-        for s in range(0, len(X), self.chunk_size):
-            codes, r = self._coarse._encode_chunk(X[s:s + self.chunk_size], upto=len(self.sizes) - 1)
-            sc = self._cell_costs(r)
-            top = np.argpartition(sc, m - 1, axis=1)[:, :m] if m < n_codes else np.tile(np.arange(m), (len(sc), 1))
-            cand[s:s + len(sc)] = top
-            cost[s:s + len(sc)] = np.take_along_axis(sc, top, 1)
-            prefix[s:s + len(sc)] = self._coarse._prefix(codes)
-            sq_err += float(sc.min(axis=1).sum())
-        max_price = self.balance_budget * sq_err / max(len(X), 1)
-        self.price_keys_, self.price_values_ = fit_prices(cand, cost, prefix, n_codes, max_price,
-                                                          self.balance_rounds, verbose=self.verbose)
+        def chunks():
+            for s in range(0, len(X), self.chunk_size):
+                codes, r = self._coarse._encode_chunk(X[s:s + self.chunk_size], upto=len(self.sizes) - 1)
+                sc = self._cell_costs(r)
+                yield self._coarse._prefix(codes), sc, sc.min(axis=1)
+
+        self.price_keys_, self.price_values_ = capacity_prices(chunks(), len(X), self.sizes[-1],
+                                                               self.balance_candidates, self.balance_budget,
+                                                               self.balance_rounds, self.verbose)
 
     def _cell_costs(self, r: np.ndarray) -> np.ndarray:
         """Squared distance, in the bounded projected space, from each residual's point to every FSQ

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from qarm.io import read_json, read_npy, write_json, write_npy
 from qarm.lookup import IdIndex
-from qarm.quant.balance import add_prices, fit_prices
+from qarm.quant.balance import add_prices, capacity_prices
 from qarm.quant.checks import ParamsMixin, QuantizeError, check_choice, check_codes, check_embeddings, check_int
 from qarm.quant.kmeans import NearestCentroid, fit_kmeans
 from qarm.quant.parquet import iter_embedding_batches
@@ -194,25 +194,17 @@ class RQKMeans(ParamsMixin):
 
     def _fit_prices(self, X: np.ndarray) -> None:
         """Capacity-capped last level on every fitted item (the catalogue whose collisions matter)."""
-        m = min(self.balance_candidates, self.sizes[-1])
-        n = X.shape[0]
-        cand = np.empty((n, m), np.int32)
-        cost = np.empty((n, m), np.float32)
-        prefix = np.empty(n, np.int64)
-        sq_err = 0.0
         last = NearestCentroid(self.codebooks_[-1])
-        for s, chunk in self._chunks(X):
-            codes, r = self._encode_chunk(chunk, upto=len(self.sizes) - 1)
-            prefix[s:s + len(chunk)] = self._prefix(codes)
-            sc = last.scores(r)
-            top = np.argpartition(sc, m - 1, axis=1)[:, :m] if m < sc.shape[1] else np.tile(np.arange(m), (len(sc), 1))
-            cand[s:s + len(chunk)] = top
-            cost[s:s + len(chunk)] = np.take_along_axis(sc, top, 1)
-            best = sc.min(axis=1) + np.einsum("ij,ij->i", r, r)
-            sq_err += float(np.maximum(best, 0).sum())
-        max_price = self.balance_budget * sq_err / max(n, 1)
-        self.price_keys_, self.price_values_ = fit_prices(cand, cost, prefix, self.sizes[-1], max_price,
-                                                          self.balance_rounds, verbose=self.verbose)
+
+        def chunks():
+            for _, chunk in self._chunks(X):
+                codes, r = self._encode_chunk(chunk, upto=len(self.sizes) - 1)
+                sc = last.scores(r)  # squared distance minus ||r||^2
+                yield self._prefix(codes), sc, sc.min(axis=1) + np.einsum("ij,ij->i", r, r)
+
+        self.price_keys_, self.price_values_ = capacity_prices(chunks(), X.shape[0], self.sizes[-1],
+                                                               self.balance_candidates, self.balance_budget,
+                                                               self.balance_rounds, self.verbose)
 
     # ------------------------------------------------------------ transform
     def transform(self, X: np.ndarray) -> np.ndarray:

@@ -378,9 +378,10 @@ def match_counts(t: ItemTables, target: np.ndarray, hist: np.ndarray, chunk: int
     parts: dict[str, list[np.ndarray]] = {}
     # chunks in target order: a chunk's events then share targets, which ``shared_codes`` groups
     order = np.argsort(target, kind="stable")
+    n_codes = int(t.vq.max(initial=-1)) + 1 if t.vq is not None else 0  # once per call, not per chunk
     for s in range(0, q, step):
         rows = order[s:s + step]
-        for k, v in _match_chunk(t, target[rows], hist[rows]).items():
+        for k, v in _match_chunk(t, target[rows], hist[rows], n_codes).items():
             parts.setdefault(k, []).append(v)
     for k, v in parts.items():
         out[k] = np.empty(q, np.int64)
@@ -398,9 +399,9 @@ def shared_codes(vq: np.ndarray, target: np.ndarray, hist: np.ndarray, n_codes: 
     vq: int [R, K] codes per row; target: int64 [Q] rows; hist: int64 [Q, N] rows. Events are
     grouped by target: each target's codes are counted into a pool-sized table once, and every
     history code of its events is one lookup there, K lookups per history item instead of the
-    K x K comparisons of a broadcast (about 4x faster with every target distinct, 9x with 20
-    events per target; the table, ``max code + 2`` bytes, stays in cache). ``n_codes``: a bound
-    on the codes (max + 1), when the caller knows it (default: computed from ``vq``).
+    K x K comparisons of a broadcast (``benchmarks/bench_match.py`` measures both; the table,
+    ``max code + 2`` bytes, stays in cache). ``n_codes``: a bound on the codes (max + 1), when
+    the caller knows it (default: computed from ``vq``).
     """
     q, n = hist.shape
     out = np.zeros((q, n), np.int64)
@@ -421,7 +422,7 @@ def shared_codes(vq: np.ndarray, target: np.ndarray, hist: np.ndarray, n_codes: 
     return out
 
 
-def _match_chunk(t: ItemTables, target: np.ndarray, hist: np.ndarray) -> dict[str, np.ndarray]:
+def _match_chunk(t: ItemTables, target: np.ndarray, hist: np.ndarray, n_codes: int | None = None) -> dict[str, np.ndarray]:
     valid = hist > PAD
     out: dict[str, np.ndarray] = {}
     if t.rq is not None:
@@ -431,11 +432,7 @@ def _match_chunk(t: ItemTables, target: np.ndarray, hist: np.ndarray) -> dict[st
         for d in range(t.rq.shape[1]):
             out[f"rq_match_{d + 1}"] = same[:, :, d].sum(1).astype(np.int64)
     if t.vq is not None:
-        # the code bound of this vq table, computed once per table (a request must not scan the catalogue)
-        key = (id(t.vq), t.vq.shape)
-        if t.__dict__.get("_vq_bound", (None, 0))[0] != key:
-            t.__dict__["_vq_bound"] = (key, int(t.vq.max(initial=-1)) + 1)
-        per_item = shared_codes(t.vq, target, hist, n_codes=t.__dict__["_vq_bound"][1])
+        per_item = shared_codes(t.vq, target, hist, n_codes=n_codes)
         out["vq_overlap_items"] = (per_item > 0).sum(1).astype(np.int64)
         out["vq_overlap_codes"] = per_item.sum(1).astype(np.int64)
     for name, edges in t.cos_edges.items():

@@ -366,13 +366,7 @@ def render_all(data: Mapping[str, Any]) -> str:
     name = data.get("config_name") or (data.get("config") or {}).get("name") or ""
     lines = [f"## {what}{': ' + name if name else ''}", ""]
     if is_study(data):
-        lines += [f"- pipeline seeds: {', '.join(map(str, data.get('seeds', [])))}",
-                  f"- git commit: {data.get('git_commit') or 'unknown'}"
-                  + (" (uncommitted changes)" if data.get("git_dirty") else ""),
-                  f"- qarm {data.get('qarm_version', '?')}"]
-        if data.get("command"):
-            lines.append(f"- command: `{data['command']}`")
-        lines.append("")
+        lines += [f"- pipeline seeds: {', '.join(map(str, data.get('seeds', [])))}"] + _provenance(data) + [""]
     for key in available_tables(data):
         title, _ = TABLES[key]
         lines += [f"### {title}", ""]
@@ -384,6 +378,13 @@ def render_all(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _provenance(data: Mapping[str, Any]) -> list[str]:
+    """The git commit, package version and command lines of a study's or grid's header."""
+    lines = [f"- git commit: {data.get('git_commit') or 'unknown'}" + (" (uncommitted changes)" if data.get("git_dirty") else ""),
+             f"- qarm {data.get('qarm_version', '?')}"]
+    return lines + ([f"- command: `{data['command']}`"] if data.get("command") else [])
+
+
 def render_grid(data: Mapping[str, Any]) -> str:
     """A grid's table (every task), with what was varied, what was shared and the command."""
     first = data["points"][0]["study"]
@@ -391,11 +392,7 @@ def render_grid(data: Mapping[str, Any]) -> str:
              "- varied: " + "; ".join(f"`{g['key']}` in {', '.join(map(str, g['values']))}" for g in data.get("grid") or []),
              f"- pipeline seeds: {', '.join(map(str, data.get('seeds', [])))}; " + _seeds_note(first),
              f"- run once per seed and shared by every point: {', '.join(data.get('shared_stages') or []) or 'nothing'}",
-             f"- git commit: {data.get('git_commit') or 'unknown'}" + (" (uncommitted changes)" if data.get("git_dirty") else ""),
-             f"- qarm {data.get('qarm_version', '?')}"]
-    if data.get("command"):
-        lines.append(f"- command: `{data['command']}`")
-    lines.append("")
+             *_provenance(data), ""]
     for task in tasks_of(first) or [None]:
         lines += [f"### {task or 'figures'}", "", grid_table(data, task=task), ""]
     return "\n".join(lines)
