@@ -95,7 +95,7 @@ def test_shared_codes_equal_the_pairwise_comparison():
 def test_variants_are_feature_lists(built):
     *_, t, _, _ = built
     names = {v: [s.name for s in variant_specs(v, t, 100, 50, 20, 16, 8, 4)] for v in
-             ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense")}
+             ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense", "qarm_raw")}
     assert names["id"] == ["user_id", "item_id", "history"]
     # dense variants: the same skeleton as the code ones (item-table entry, SIM, match counts)
     assert set(names["frozen_mm"]) == {"user_id", "item_id", "history", "emb_raw.npy", "sim_raw",
@@ -105,6 +105,8 @@ def test_variants_are_feature_lists(built):
     assert {"rq_l1", "rq_p2", "rq_p3", "rq_match_1", "sim"} <= set(names["rq"]) and "vq" not in names["rq"]
     assert set(names["qarm"]) == set(names["vq"]) | set(names["rq"])
     assert set(names["qarm_dense"]) == set(names["qarm"]) | (set(names["ia_rep"]) - {"sim_aligned"})
+    # the codes beside the raw vector: SIM groups by the level-1 code, as in every code variant
+    assert set(names["qarm_raw"]) == set(names["qarm"]) | (set(names["frozen_mm"]) - {"sim_raw"})
 
 
 def test_bad_labels_nan_embeddings_and_empty_histories(built):

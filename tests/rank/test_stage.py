@@ -219,3 +219,34 @@ def test_id_dropout_trains_the_oov_rows(tiny_run):
         moved[rate] = {k: float((saved[k][1] - init[k][1]).norm()) for k in ("item.item_id.weight", "user.weight")}
     for k in moved[0.0]:
         assert moved[0.0][k] < 1e-6 < moved[0.3][k], moved  # untouched without dropout, trained with it
+
+
+def test_qarm_raw_adds_the_codes_to_the_raw_vector_and_serves_new_items_by_content(tiny_run):
+    """``qarm_raw`` (the paper's production ranker: the cached raw vector it had, plus the codes)
+    reads the raw embedding and the codes; an item sent by content scores as its offline row."""
+    from qarm.io import read_npy, read_parquet
+    from qarm.rank.predict import ItemContent
+    from qarm.rank.stage import load_inputs
+
+    cfg = load_config(CONFIG, tiny_overrides("qarm_raw", 1))
+    res = run_train(cfg, RunDir(tiny_run))
+    assert 0.5 < res["variants"]["qarm_raw"]["click"]["auc"]["mean"] < 1.0
+    ranker = load_ranker(tiny_run, "qarm_raw", 0)
+    assert ranker.needs_dense == {"emb_raw.npy"} and ranker.needs_codes
+    inp = load_inputs(cfg.rank, RunDir(tiny_run), cfg.quantize.rq_sizes[0], cfg.seed)
+    ev = inp.events
+    pred = pd.read_parquet(tiny_run / "rank" / "qarm_raw" / "seed0" / "predictions.parquet")
+    sel = np.flatnonzero(np.isin(ev.split, ["test", "cold_test"]))
+    order = np.r_[sel[ev.split[sel] == "test"], sel[ev.split[sel] == "cold_test"]]
+    codes = read_parquet(tiny_run / "codes.parquet").set_index("item_id")
+    raw = read_npy(tiny_run / "emb_raw.npy")
+    n_test = int((ev.split[sel] == "test").sum())
+    assert 0 < n_test < len(order)  # both warm test and held-out cold_test events
+    rng = np.random.default_rng(0)
+    for j in np.r_[rng.choice(n_test, 5, replace=False), n_test + rng.choice(len(order) - n_test, 5, replace=False)]:
+        e = order[j]
+        hist = inp.item_ids[ev.hist.values[ev.hist.start[e]:ev.hist.end[e]] - 2].tolist()
+        item, user = int(inp.item_ids[ev.target[e] - 2]), int(ev.user_id[e])
+        content = ItemContent(codes.loc[item, "vq"], codes.loc[item, "rq"], {"emb_raw.npy": raw[ev.target[e] - 2]})
+        got = ranker.score(hist, [item], user_id=user, extra_items=None if ev.split[e] == "test" else {item: content})
+        assert abs(float(got["click"][0]) - float(pred["p_click"].iloc[j])) < 1e-6, (j, ev.split[e])

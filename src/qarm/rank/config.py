@@ -14,7 +14,8 @@ class RankConfig:
     representation differs, see docs/metrics.md): ``id`` (ids and id history), ``frozen_mm`` /
     ``ia_rep`` (+ projected frozen raw / aligned embedding as item-table entry), ``vq``, ``rq``,
     ``qarm`` (= vq + rq; code embeddings trained end to end), ``qarm_dense`` (qarm + the aligned
-    embedding).
+    embedding), ``qarm_raw`` (qarm + the frozen raw embedding: the paper's production ranker, which
+    already had the cached vector, plus the codes; not in the default list).
     """
 
     variants: list[str] = field(default_factory=lambda: ["id", "frozen_mm", "ia_rep", "vq", "rq", "qarm",

@@ -29,10 +29,13 @@ from qarm.lookup import IdIndex
 from qarm.rank.history import Sequences, sequences_before
 
 PAD, UNKNOWN = 0, 1          # item rows; also the padding / OOV index of every vocabulary
-VARIANTS = ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense")
-DENSE_OF = {"frozen_mm": "emb_raw.npy", "ia_rep": "emb_aligned.npy", "qarm_dense": "emb_aligned.npy"}
-VQ_VARIANTS, RQ_VARIANTS = ("vq", "qarm", "qarm_dense"), ("rq", "qarm", "qarm_dense")
-CODE_VARIANTS = ("vq", "rq", "qarm", "qarm_dense")
+VARIANTS = ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense", "qarm_raw")
+# qarm_raw: the codes added to a ranker that already has the cached raw vector (the paper's
+# production baseline plus its codes); qarm_dense: the codes beside the aligned vector
+DENSE_OF = {"frozen_mm": "emb_raw.npy", "ia_rep": "emb_aligned.npy", "qarm_dense": "emb_aligned.npy",
+            "qarm_raw": "emb_raw.npy"}
+VQ_VARIANTS, RQ_VARIANTS = ("vq", "qarm", "qarm_dense", "qarm_raw"), ("rq", "qarm", "qarm_dense", "qarm_raw")
+CODE_VARIANTS = ("vq", "rq", "qarm", "qarm_dense", "qarm_raw")
 HISTORY_SPLITS = ("train", "valid", "test")        # non-held-out events: history sources
 EVENT_SPLITS = ("train", "valid", "test", "cold_test")
 COUNT_EDGES = np.array([0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500], dtype=np.int64)  # bucket lower edges

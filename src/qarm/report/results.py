@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from qarm.errors import QarmError
 
-VARIANT_ORDER = ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense")
+VARIANT_ORDER = ("id", "frozen_mm", "ia_rep", "vq", "rq", "qarm", "qarm_dense", "qarm_raw")
 METHOD_ORDER = ("aligned_codes", "raw_codes", "sasrec", "popularity")
 # quality columns only: timings and epoch counts stay in metrics.json, out of the README tables
 RETRIEVE_METRICS = ("recall@5", "recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50",
