@@ -5,12 +5,17 @@
 For every size, the events are generated here with numpy (users with a preferred item cluster,
 Zipf item popularity, one year of timestamps, click/like labels) and written once as
 ``events.parquet`` + ``items.csv``; each engine then runs ``prepare,pairs`` on them through
-``data.source=files`` in its own subprocess (so peak memory is per engine), one U2I epoch.
+``data.source=files`` in its own subprocess (so peak memory is per engine), one U2I epoch, with
+``pairs.u2i_sparse`` on by default (row-wise Adam: a step costs O(batch); with dense Adam a step
+rewrites every row of a 1.25M-user table at 50M events, and pairs time grows with the square of
+the size; ``--no-u2i-sparse`` measures that).
 
 Per engine and size it reports wall time of each stage, the U2I training time inside ``pairs``
 (PyTorch, the same in both engines), and peak RSS of the driver (Python, ``ru_maxrss``), of the
 JVM and of the Python workers (sampled every 0.5 s from the process tree with psutil). It prints
 the spark/local ratios and the smallest size where Spark is faster, and writes ``results.json``.
+A run that passes ``--timeout`` is recorded with what it had measured so far (finished stages,
+peak RSS until then), which the worker writes to ``RUN/bench-progress.json`` every few seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -74,17 +80,43 @@ def generate(n: int, out: Path, seed: int = 0) -> dict:
 
 
 class TreeSampler(threading.Thread):
-    """Peak RSS of this process's descendants: the JVM and the PySpark Python workers."""
+    """Peak RSS of this process (the driver) and of its descendants (the JVM, the PySpark Python
+    workers); every ``progress_every`` s it writes them, with the stages finished so far (from the
+    run's manifest), to ``progress`` so that a run killed at the timeout still reports them."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, run: Path, interval: float = 0.5, progress_every: float = 5.0) -> None:
         super().__init__(daemon=True)
-        self.interval, self.stop, self.jvm, self.workers = interval, threading.Event(), 0, 0
+        self.interval, self.stop, self.jvm, self.workers, self.driver = interval, threading.Event(), 0, 0, 0
+        self.run_dir, self.progress_every, self.t0 = run, progress_every, time.perf_counter()
+
+    def progress(self) -> dict:
+        try:
+            stages = json.loads((self.run_dir / "manifest.json").read_text())["stages"]
+        except (OSError, ValueError, KeyError):
+            stages = {}
+        return {"elapsed_s": round(time.perf_counter() - self.t0, 1),
+                "stages_done": {k: v.get("wall_s") for k, v in stages.items() if isinstance(v, dict)},
+                "driver_peak_rss_mb": round(self.driver / 2**20, 1), "jvm_peak_rss_mb": round(self.jvm / 2**20, 1),
+                "workers_peak_rss_mb": round(self.workers / 2**20, 1)}
+
+    def write_progress(self) -> None:
+        tmp = self.run_dir / "bench-progress.json.tmp"
+        tmp.write_text(json.dumps(self.progress()))
+        os.replace(tmp, self.run_dir / "bench-progress.json")
 
     def run(self) -> None:
         import psutil
 
         me = psutil.Process()
+        last = 0.0
         while not self.stop.is_set():
+            try:
+                self.driver = max(self.driver, me.memory_info().rss)
+            except psutil.Error:
+                pass
+            if time.perf_counter() - last >= self.progress_every:
+                self.write_progress()
+                last = time.perf_counter()
             jvm = workers = 0
             try:
                 for p in me.children(recursive=True):
@@ -127,9 +159,10 @@ def worker(args: argparse.Namespace) -> None:
     overrides = ["data.source=files", f"data.path={data}", "data.items_file=items.csv",
                  "data.events_file=events.parquet", f"engine.name={args.engine}", f"engine.spark_master={args.master}",
                  f"engine.spark_conf={{spark.driver.memory: '{args.driver_memory}'}}",
-                 "pairs.u2i_epochs=1", "pairs.u2i_batch_size=4096"]
+                 "pairs.u2i_epochs=1", "pairs.u2i_batch_size=4096", f"pairs.u2i_sparse={str(args.u2i_sparse).lower()}"]
     cfg = load_config(None, overrides)
-    sampler = TreeSampler()
+    Path(args.run).mkdir(parents=True, exist_ok=True)
+    sampler = TreeSampler(Path(args.run))
     sampler.start()
     t0 = time.perf_counter()
     run_stages(cfg, args.run, stages=["prepare", "pairs"], force=True, log=lambda m: print(m, file=sys.stderr))
@@ -139,7 +172,7 @@ def worker(args: argparse.Namespace) -> None:
     manifest = json.loads((Path(args.run) / "manifest.json").read_text())["stages"]
     metrics = json.loads((Path(args.run) / "metrics.json").read_text())
     print(json.dumps({
-        "engine": args.engine, "wall_s": round(wall, 1),
+        "engine": args.engine, "u2i_sparse": args.u2i_sparse, "wall_s": round(wall, 1),
         "prepare_s": manifest["prepare"]["wall_s"], "pairs_s": manifest["pairs"]["wall_s"],
         "u2i_fit_s": round(u2i_s[0], 1),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -156,6 +189,8 @@ def main() -> None:
     ap.add_argument("--driver-memory", default="6g", help="spark.driver.memory (local mode: the whole JVM)")
     ap.add_argument("--out", default="/tmp/bench_spark")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per engine run before it is abandoned")
+    ap.add_argument("--u2i-sparse", action=argparse.BooleanOptionalAction, default=True,
+                    help="pairs.u2i_sparse: row-wise Adam on the U2I id tables (default on)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -174,12 +209,21 @@ def main() -> None:
         for engine in args.engines.split(","):
             cmd = [sys.executable, __file__, "--worker", "--engine", engine, "--data", str(out / f"data-{n}"),
                    "--run", str(out / f"run-{n}-{engine}"), "--master", args.master,
-                   "--driver-memory", args.driver_memory]
+                   "--driver-memory", args.driver_memory, "--u2i-sparse" if args.u2i_sparse else "--no-u2i-sparse"]
+            # own process group, so that a timeout also ends the JVM and the Python workers it started
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
             try:
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                stdout, stderr = proc.communicate(timeout=args.timeout)
+                res = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
             except subprocess.TimeoutExpired:
-                row[engine] = {"error": f"timeout after {args.timeout:.0f}s"}
-                print(f"  {engine}: timeout", flush=True)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                progress = out / f"run-{n}-{engine}" / "bench-progress.json"
+                row[engine] = {"error": f"timeout after {args.timeout:.0f}s", "u2i_sparse": args.u2i_sparse,
+                               "until_timeout": json.loads(progress.read_text()) if progress.exists() else None}
+                print(f"  {engine}: {row[engine]}", flush=True)
+                (out / "results.json").write_text(json.dumps(results, indent=2))
                 continue
             lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
             row[engine] = json.loads(lines[-1]) if res.returncode == 0 and lines else {
@@ -198,7 +242,11 @@ def report(results: dict) -> None:
         for engine in ("local", "spark"):
             r = row.get(engine)
             if not r or "error" in r:
-                print(f"{int(n):>12,} {engine:>6} {r['error'] if r else 'not run'}")
+                part = (r or {}).get("until_timeout") or {}
+                print(f"{int(n):>12,} {engine:>6} {r['error'] if r else 'not run'}"
+                      + (f"; until then: stages done {part['stages_done']}, driver peak "
+                         f"{part['driver_peak_rss_mb']:.0f} MB, JVM {part['jvm_peak_rss_mb']:.0f} MB, "
+                         f"workers {part['workers_peak_rss_mb']:.0f} MB" if part else ""))
                 continue
             print(f"{int(n):>12,} {engine:>6} {r['prepare_s']:>10.1f} {r['pairs_s']:>8.1f} {r['u2i_fit_s']:>8.1f} "
                   f"{r['wall_s']:>8.1f} {r['driver_peak_rss_mb']:>10.0f} {r['jvm_peak_rss_mb']:>8.0f} "
