@@ -7,8 +7,8 @@ Zipf item popularity, one year of timestamps, click/like labels) and written onc
 ``events.parquet`` + ``items.csv``; each engine then runs ``prepare,pairs`` on them through
 ``data.source=files`` in its own subprocess (so peak memory is per engine), one U2I epoch, with
 ``pairs.u2i_sparse`` on by default (row-wise Adam: a step costs O(batch); with dense Adam a step
-rewrites every row of a 1.25M-user table at 50M events, and pairs time grows with the square of
-the size; ``--no-u2i-sparse`` measures that).
+rewrites every row of the id tables, O(users) at 1.25M users at 50M events, and pairs did not
+finish in 3,600 s there; ``--no-u2i-sparse`` measures that).
 
 Per engine and size it reports wall time of each stage, the U2I training time inside ``pairs``
 (PyTorch, the same in both engines), and peak RSS of the driver (Python, ``ru_maxrss``), of the
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +80,23 @@ def generate(n: int, out: Path, seed: int = 0) -> dict:
     return world
 
 
+def driver_peak_rss_mb() -> float:
+    """Peak RSS of this process so far, exact (the kernel's ``ru_maxrss``, KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 class TreeSampler(threading.Thread):
-    """Peak RSS of this process (the driver) and of its descendants (the JVM, the PySpark Python
-    workers); every ``progress_every`` s it writes them, with the stages finished so far (from the
-    run's manifest), to ``progress`` so that a run killed at the timeout still reports them."""
+    """Peak RSS of this process's descendants (the JVM, the PySpark Python workers); every
+    ``progress_every`` s it writes them, the driver's peak so far and the stages finished (from the
+    run's manifest) to ``RUN/bench-progress.json``, so that a run killed at the timeout still
+    reports them."""
 
     def __init__(self, run: Path, interval: float = 0.5, progress_every: float = 5.0) -> None:
         super().__init__(daemon=True)
-        self.interval, self.stop, self.jvm, self.workers, self.driver = interval, threading.Event(), 0, 0, 0
+        self.interval, self.stop, self.jvm, self.workers = interval, threading.Event(), 0, 0
         self.run_dir, self.progress_every, self.t0 = run, progress_every, time.perf_counter()
+        # the manifest keeps entries of an earlier run in the same folder: count only what finished since
+        self.started = datetime.now(timezone.utc).replace(microsecond=0)
 
     def progress(self) -> dict:
         try:
@@ -95,9 +104,16 @@ class TreeSampler(threading.Thread):
         except (OSError, ValueError, KeyError):
             stages = {}
         return {"elapsed_s": round(time.perf_counter() - self.t0, 1),
-                "stages_done": {k: v.get("wall_s") for k, v in stages.items() if isinstance(v, dict)},
-                "driver_peak_rss_mb": round(self.driver / 2**20, 1), "jvm_peak_rss_mb": round(self.jvm / 2**20, 1),
+                "stages_done": {k: v.get("wall_s") for k, v in stages.items()
+                                if isinstance(v, dict) and self._finished_since_start(v)},
+                "driver_peak_rss_mb": driver_peak_rss_mb(), "jvm_peak_rss_mb": round(self.jvm / 2**20, 1),
                 "workers_peak_rss_mb": round(self.workers / 2**20, 1)}
+
+    def _finished_since_start(self, entry: dict) -> bool:
+        try:
+            return datetime.strptime(entry["finished_at"], "%Y-%m-%dT%H:%M:%S%z") >= self.started
+        except (KeyError, TypeError, ValueError):
+            return False
 
     def write_progress(self) -> None:
         tmp = self.run_dir / "bench-progress.json.tmp"
@@ -110,10 +126,6 @@ class TreeSampler(threading.Thread):
         me = psutil.Process()
         last = 0.0
         while not self.stop.is_set():
-            try:
-                self.driver = max(self.driver, me.memory_info().rss)
-            except psutil.Error:
-                pass
             if time.perf_counter() - last >= self.progress_every:
                 self.write_progress()
                 last = time.perf_counter()
@@ -175,7 +187,7 @@ def worker(args: argparse.Namespace) -> None:
         "engine": args.engine, "u2i_sparse": args.u2i_sparse, "wall_s": round(wall, 1),
         "prepare_s": manifest["prepare"]["wall_s"], "pairs_s": manifest["pairs"]["wall_s"],
         "u2i_fit_s": round(u2i_s[0], 1),
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_peak_rss_mb": driver_peak_rss_mb(),
         "jvm_peak_rss_mb": round(sampler.jvm / 2**20, 1), "workers_peak_rss_mb": round(sampler.workers / 2**20, 1),
         "n_pairs": metrics["pairs"]["n_pairs"], "n_events": metrics["prepare"]["n_events"],
     }))
