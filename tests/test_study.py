@@ -240,3 +240,27 @@ def test_study_cli_rejects_a_bad_grid_value_before_running(tmp_path, capsys):
                  "--grid", "align.epochs=1,many"]) == 2
     assert "align.epochs" in capsys.readouterr().err
     assert not (tmp_path / "g").exists(), "nothing runs on a bad grid value"
+
+
+def test_diff_table_pairs_variants_by_pipeline_seed(capsys):
+    """The committed ml-100k study, differences against ia_rep recomputed by hand from its values."""
+    from qarm.report.results import diff_table, render_table
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "ml100k-qarm-raw.json")
+    data = load_results(path)
+    text = diff_table(data)
+    assert text.splitlines()[0] == ("| variant | click AUC − `ia_rep` | click GAUC − `ia_rep` | "
+                                    "click cold AUC − `ia_rep` |")
+    v = data["variants"]
+    d = np.subtract(v["qarm"]["click"]["cold_auc"]["values"], v["ia_rep"]["click"]["cold_auc"]["values"])
+    row = next(r for r in text.splitlines() if r.startswith("| `qarm` |"))
+    want = f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} ({int((d > 0).sum())}/3)"
+    assert row.split(" | ")[3].rstrip(" |") == want
+    assert "`ia_rep` |" not in text.split("\n", 2)[2]  # the reference has no row of its own
+    assert "`id`" in render_table(data | {"variants": {**v, "id": v["frozen_mm"]}}, "diff", against="frozen_mm")
+    with pytest.raises(QarmError, match="reference variant 'sasrec'"):
+        render_table(data, "diff", against="sasrec")
+    with pytest.raises(QarmError, match="needs a study"):
+        diff_table({"kind": "run", "rank": {"variants": v}})
+    assert main(["results", path, "--table", "diff", "--against", "frozen_mm"]) == 0
+    assert "click cold AUC − `frozen_mm`" in capsys.readouterr().out

@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "<!-- results: PATH table=NAME --> ... <!-- /results --> from their JSON. "
                                    "Reads: DIR or a JSON file. Writes: stdout (or the --readme file).")
     p.add_argument("path", nargs="?", type=Path, help="run or study directory, or its metrics.json / study.json")
-    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve, grid")
-    p.add_argument("--task", default=None, help="with --table rank, buckets or grid: the task (label column)")
+    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve, grid, diff")
+    p.add_argument("--task", default=None, help="with --table rank, buckets, grid or diff: the task (label column)")
+    p.add_argument("--against", default=None, help="with --table diff: the reference variant (default ia_rep, "
+                                                    "else frozen_mm, else id)")
     p.add_argument("--variants", default=None, help="with --table grid: comma-separated variants to show")
     p.add_argument("--stage", default=None, help="with --table grid: show every figure of this stage (pairs, align, "
                                                   "quantize) instead of the default three")
@@ -221,7 +223,8 @@ def _results(args: argparse.Namespace) -> int:
     if args.export is not None:
         export_results(args.path, args.export)
     if args.table:
-        options = {k: v for k, v in (("task", args.task), ("variants", args.variants), ("stage", args.stage)) if v}
+        options = {k: v for k, v in (("task", args.task), ("variants", args.variants), ("stage", args.stage),
+                                                    ("against", args.against)) if v}
         sys.stdout.write(render_table(data, args.table, **options) + "\n")
     else:
         sys.stdout.write(render_all(data))

@@ -185,3 +185,39 @@ def test_new_items_through_append_get_the_catalogue_compaction(built):
     extra = t.append(np.full_like(vq, 10 ** 6), unseen, dense)
     assert (extra.index["vq"][-1] == UNKNOWN).all()
     assert extra.index["rq_l1"][-1, 0] == t.index["rq_l1"][r + 2, 0] and extra.index["rq_p3"][-1, 0] == UNKNOWN
+
+
+def test_vq_table_item_id_reads_the_nearest_items_id_rows(ml_run, built):
+    """``rank.vq_table: item_id``: VQ code c is pool item c's row of the item-id table (PAD for a
+    pool item without train events), the model has no VQ table of its own, and a cold item's bag
+    sends its gradient to its neighbours' id rows; a new item through ``append`` gets the same."""
+    import torch
+
+    from qarm.rank.model import RankModel
+
+    items, _, codes, _, _, _ = built
+    pool = read_npy(ml_run / "quant" / "vq_pool_ids.npy")
+    dense = {n: read_npy(ml_run / n) for n in ("emb_raw.npy", "emb_aligned.npy")}
+    t = build_item_tables(items, codes, dense, vq_pool_ids=pool)
+    vq = t.vq[2:]
+    want = t.index["item_id"][t.rows(pool[vq.ravel()]), 0].reshape(vq.shape)
+    want[want == UNKNOWN] = 0
+    assert np.array_equal(t.index["vq_item"][2:], want)
+    assert (t.index["vq_item"][:2] == 0).all()
+    held = np.flatnonzero(items["holdout"].to_numpy())
+    assert (t.index["vq_item"][held + 2] >= 2).mean() > 0.5  # a cold item's bag: trained neighbours
+    specs = variant_specs("qarm", t, 100, 50, 20, 16, 8, 4, vq_table="item_id")
+    bag = next(s for s in specs if s.name == "vq_item")
+    assert bag.table == "item_id" and bag.vocab == t.vocab["item_id"] and "vq" not in {s.name for s in specs}
+    with pytest.raises(Exception, match="vq_table"):
+        variant_specs("qarm", t, 100, 50, 20, 16, 8, 4, vq_table="shared")
+    model = RankModel(specs, t, 1, [8], [8])
+    assert "vq_item" not in model.item and "vq" not in model.item
+    row = int(held[0]) + 2
+    feats = model.row_features(torch.tensor([row]))
+    model.item_vectors(feats).sum().backward()
+    grad = model.item["item_id"].weight.grad.abs().sum(1)
+    touched = np.unique(t.index["vq_item"][row][t.index["vq_item"][row] > 0])
+    assert (grad[touched] > 0).all() and int((grad > 0).sum()) == len(touched) + 1  # + the OOV id row
+    local = t.take(np.array([5])).append(vq[[held[0]]], t.rq[[row]], {n: t.dense[n][[row]] for n in t.dense})
+    assert np.array_equal(local.index["vq_item"][-1], t.index["vq_item"][row])

@@ -48,3 +48,7 @@ class RankConfig:
     item_id_dropout: float = 0.3    # per unique item row of a batch (docs/ranking-ablation.md: +0.8 pt cold AUC)
     user_id_dropout: float = 0.0    # per event
     code_dropout: float = 0.0       # per code of a unique item row (VQ bag entries, RQ levels, prefixes)
+    # where the VQ bag's codes are embedded: "own" (a table of its own, a row per pool item used as
+    # a code) or "item_id" (code c = pool item c's row of the item-id table, so a cold item's bag
+    # is the mean of its nearest warm items' trained id embeddings; docs/ranking-ablation.md)
+    vq_table: str = "own"

@@ -55,7 +55,9 @@ class FeatureSpec:
     """One model input. ``kind``: ``user`` (per event id), ``item`` (per item, looked up through the
     item table, ``width`` ids pooled by ``pooling``), ``count`` (per event bucket id), ``dense``
     (frozen per-item float vector of size ``vocab``, projected to ``dim``, part of the item vector),
-    ``sequence`` (per event item rows attended by its own DIN unit)."""
+    ``sequence`` (per event item rows attended by its own DIN unit). ``table``: the embedding
+    table an ``item`` feature reads, as torchrec's shared tables ("" = its own, named after the
+    feature; ``"item_id"`` for the VQ bag of ``rank.vq_table: item_id``)."""
 
     name: str
     kind: Literal["user", "item", "count", "dense", "sequence"]
@@ -63,6 +65,7 @@ class FeatureSpec:
     dim: int
     pooling: Literal["none", "mean", "sum"] = "none"
     width: int = 1
+    table: str = ""
 
 
 def _compact(keys: np.ndarray, trained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +120,8 @@ class ItemTables:
 
     index: name -> int64 [R, width] vocabulary indices; dense: name -> float32 [R, d];
     vocab: name -> vocabulary size; keys: code feature -> the sorted trained raw keys (what maps a new
-    item's codes to the same indices); vq: int64 [R, K] raw VQ pool positions, rq: int64 [R, L] raw RQ
+    item's codes to the same indices), and ``vq_item``: int64 [pool] the item-id index of each VQ
+    pool position (PAD where that pool item has no train event); vq: int64 [R, K] raw VQ pool positions, rq: int64 [R, L] raw RQ
     codes (-1 in the PAD/UNKNOWN rows; None without codes), rq_bits: bits per level of the prefix
     keys; cluster: dense name -> int64 [R] SIM cluster (-1 in PAD/UNKNOWN), centroids: dense name ->
     float32 [k, d] in unit-vector space; cos_edges: dense name -> float32 [J] cosine thresholds.
@@ -184,6 +188,8 @@ class ItemTables:
             vq = np.asarray(vq, np.int64).reshape(n, -1)
             new["raw"]["vq"] = vq
             new["index"]["vq"] = _lookup(self.keys["vq"], vq)
+            if "vq_item" in self.keys:
+                new["index"]["vq_item"] = vq_item_index(self.keys["vq_item"], vq)
         if self.rq is not None:
             rq = np.asarray(rq, np.int64).reshape(n, -1)
             new["raw"]["rq"] = rq
@@ -207,12 +213,14 @@ def nearest_centroid(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: dict[str, np.ndarray],
-                      sim_clusters: int = 32, seed: int = 0) -> ItemTables:
+                      sim_clusters: int = 32, seed: int = 0, vq_pool_ids: np.ndarray | None = None) -> ItemTables:
     """Item tables from items.parquet, codes.parquet and the dense embeddings (items order).
 
     items: sorted by item_id, with ``train_count``; codes: ``item_id``, ``vq`` list [K], ``rq`` list [L];
     dense: file name -> float32 [n_items, d]; sim_clusters: k of the k-means (on train items' unit
-    vectors, seeded by ``seed``) whose clusters are the dense variants' SIM groups (0 = no dense SIM).
+    vectors, seeded by ``seed``) whose clusters are the dense variants' SIM groups (0 = no dense SIM);
+    vq_pool_ids: int64 [pool] the item id of each VQ pool position (``quant/vq_pool_ids.npy``), which
+    adds the ``vq_item`` index (each VQ code as its pool item's id index, for ``rank.vq_table: item_id``).
     Raises DataError on NaN/inf, wrong shapes, missing codes.
     """
     item_ids = items["item_id"].to_numpy(np.int64)
@@ -238,7 +246,30 @@ def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: di
         _add_dense_search(t, name, trained_items, sim_clusters, seed)
     if codes is not None:
         _add_codes(t, codes, trained)
+        if vq_pool_ids is not None:
+            _add_vq_item(t, np.asarray(vq_pool_ids, np.int64))
     return t
+
+
+def vq_item_index(code_to_id: np.ndarray, vq: np.ndarray) -> np.ndarray:
+    """Raw VQ codes int64 [n, K] (pool positions, -1 = none) -> item-id vocabulary indices int64
+    [n, K] through ``code_to_id`` int64 [pool]; PAD for -1 and for codes outside the pool."""
+    vq = np.asarray(vq, np.int64)
+    ok = (vq >= 0) & (vq < len(code_to_id))
+    return np.where(ok, code_to_id[np.where(ok, vq, 0)] if len(code_to_id) else PAD, PAD).astype(np.int64)
+
+
+def _add_vq_item(t: ItemTables, pool_ids: np.ndarray) -> None:
+    """VQ codes as item-id indices: code c is pool item ``pool_ids[c]``, looked up in the item-id
+    table. A pool item without train events maps to PAD (left out of the mean), not to the OOV row:
+    an untrained neighbour says nothing about the item."""
+    if len(pool_ids) and int(t.vq.max(initial=-1)) >= len(pool_ids):
+        raise DataError(f"VQ codes go up to {int(t.vq.max())} but the pool has {len(pool_ids)} items: "
+                        f"rerun the 'quantize' stage", file="quant/vq_pool_ids.npy")
+    id_index = t.rows(pool_ids)                                   # item rows, UNKNOWN outside the catalogue
+    code_to_id = t.index["item_id"][id_index, 0]
+    t.keys["vq_item"] = np.where(code_to_id > UNKNOWN, code_to_id, PAD).astype(np.int64)
+    t.index["vq_item"] = vq_item_index(t.keys["vq_item"], t.vq)
 
 
 def _add_dense_search(t: ItemTables, name: str, trained: np.ndarray, k: int, seed: int) -> None:
@@ -320,12 +351,15 @@ def sim_name(source: str) -> str:
 
 
 def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_history: int,
-                  dim: int, code_dim: int, count_dim: int) -> list[FeatureSpec]:
+                  dim: int, code_dim: int, count_dim: int, vq_table: str = "own") -> list[FeatureSpec]:
     """The features of one ablation variant, built from the run's item tables.
 
     One skeleton for all: user id, item vector (id embedding ++ the variant's item representation)
     for the target, DIN over the history, DIN over a SIM hard search, bucketised match counts.
     Only the item representation (and so what SIM groups by and what the counts compare) differs.
+    ``vq_table``: ``own`` (the VQ bag has its own table, a row per pool item used as a code) or
+    ``item_id`` (code c reads pool item c's row of the item-id table: the bag is the mean of the
+    item's nearest pool items' id embeddings).
     """
     if variant not in VARIANTS:
         raise ConfigError(f"rank.variants: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -335,7 +369,16 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
     if variant in CODE_VARIANTS and t.rq is None:
         raise DataError(f"variant {variant!r} needs codes: run the 'quantize' stage", file="codes.parquet")
     if variant in VQ_VARIANTS:
-        specs.append(FeatureSpec("vq", "item", t.vocab["vq"], dim, "mean", t.index["vq"].shape[1]))
+        if vq_table == "item_id":
+            if "vq_item" not in t.index:
+                raise DataError("rank.vq_table=item_id needs the VQ pool ids: rerun the 'quantize' stage",
+                                file="quant/vq_pool_ids.npy")
+            specs.append(FeatureSpec("vq_item", "item", t.vocab["item_id"], dim, "mean", t.index["vq_item"].shape[1],
+                                     table="item_id"))
+        elif vq_table == "own":
+            specs.append(FeatureSpec("vq", "item", t.vocab["vq"], dim, "mean", t.index["vq"].shape[1]))
+        else:
+            raise ConfigError(f"rank.vq_table: expected 'own' or 'item_id', got {vq_table!r}")
         specs += [FeatureSpec(c, "count", n_buckets, count_dim) for c in ("vq_overlap_items", "vq_overlap_codes")]
     if variant in RQ_VARIANTS:
         depth = t.rq.shape[1]

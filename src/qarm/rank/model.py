@@ -107,7 +107,14 @@ class RankModel(nn.Module):
         # sparse: the user and item-side tables (vocabularies of catalogue size) get sparse gradients
         # for row-wise Adam (qarm.optim), so a step moves only the rows its batch touched
         self.user = nn.Embedding(user_spec.vocab, user_spec.dim, sparse=sparse)
-        self.item = nn.ModuleDict({s.name: nn.Embedding(s.vocab, s.dim, sparse=sparse) for s in self.item_specs})
+        # one table per item feature, except features that read another's (``FeatureSpec.table``)
+        self.item = nn.ModuleDict({s.name: nn.Embedding(s.vocab, s.dim, sparse=sparse)
+                                   for s in self.item_specs if not s.table})
+        for s in self.item_specs:
+            own = self.item[s.table] if s.table in self.item else None
+            if s.table and (own is None or own.embedding_dim != s.dim or own.num_embeddings != s.vocab):
+                raise ValueError(f"feature {s.name!r} reads table {s.table!r}, which must be another item "
+                                 f"feature's table of {s.vocab} x {s.dim}")
         # item tables are data, not weights: rebuilt from ``tables`` on load, never trained
         for s in self.item_specs:
             idx = torch.as_tensor(tables.index[s.name]).reshape(tables.n_rows, -1)
@@ -149,7 +156,7 @@ class RankModel(nn.Module):
             idx = feats[s.name]
             if self.training and idx.shape[0]:
                 idx = self._drop(idx, self.item_id_dropout if s.name == "item_id" else self.code_dropout)
-            e = lookup(self.item[s.name], idx)                           # [U, w, d]
+            e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
             if s.pooling == "none":
                 parts.append(e[:, 0])
             else:

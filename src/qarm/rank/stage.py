@@ -72,6 +72,8 @@ def check_config(rc: RankConfig) -> None:
         rate = getattr(rc, name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
+    if rc.vq_table not in ("own", "item_id"):
+        raise ConfigError(f"rank.vq_table: expected 'own' or 'item_id', got {rc.vq_table!r}")
     check_device(rc.device, "rank.device")
     if not rc.att_hidden or not rc.dnn_hidden or min(rc.att_hidden + rc.dnn_hidden) < 1:
         raise ConfigError("rank.att_hidden and rank.dnn_hidden: non-empty lists of positive sizes")
@@ -102,9 +104,14 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
         run.require(name, "quantize" if name == "codes.parquet" else "align" if name.endswith(".npy") else "prepare")
     dense = {n: read_npy(run / n) for n in names if n.endswith(".npy")}
     codes = read_parquet(run / "codes.parquet") if need_codes else None
+    pool_ids = None
+    if need_codes and rc.vq_table == "item_id":
+        names.append("quant/vq_pool_ids.npy")
+        run.require("quant/vq_pool_ids.npy", "quantize")
+        pool_ids = read_npy(run / "quant/vq_pool_ids.npy")
     if "train_count" not in items.columns:
         raise DataError("no 'train_count' column: rerun the 'prepare' stage", file="items.parquet", column="train_count")
-    tables = build_item_tables(items, codes, dense, rc.sim_clusters or sim_clusters, seed)
+    tables = build_item_tables(items, codes, dense, rc.sim_clusters or sim_clusters, seed, vq_pool_ids=pool_ids)
     ev, info = build_events(tables, events, list(rc.tasks), rc.history_label, rc.history, rc.sim_history)
     if info["n_train"] == 0 or info["n_valid"] == 0 or info["n_test"] == 0:
         raise DataError(f"the ranker needs train, valid and test events, got {info}", file="events.parquet", column="split")
@@ -153,7 +160,7 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
     if done and done.get("fingerprint") == fp:
         return done
     specs = variant_specs(variant, inp.tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
-                          rc.dim, rc.code_dim, rc.count_dim)
+                          rc.dim, rc.code_dim, rc.count_dim, rc.vq_table)
     torch_seed = _seed_all(cfg, seed)
     device = resolve_device(rc.device, "rank.device")
     model = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,

@@ -260,6 +260,60 @@ def retrieve_table(data: Mapping[str, Any]) -> str:
     return table(["method"] + metrics, rows)
 
 
+DIFF_METRICS = (("auc", "AUC"), ("gauc", "GAUC"), ("cold_auc", "cold AUC"))
+DIFF_REFERENCES = ("ia_rep", "frozen_mm", "id")
+
+
+def _paired(values: Any, ref: Any) -> list[float]:
+    """Per-seed differences of two ``values`` lists (a study's per-pipeline-seed figures), seeds
+    where either is undefined left out."""
+    if not isinstance(values, list) or not isinstance(ref, list) or len(values) != len(ref):
+        return []
+    return [a - b for a, b in ((_num(x), _num(y)) for x, y in zip(values, ref)) if a is not None and b is not None]
+
+
+def diff_cell(diffs: list[float]) -> str:
+    """``+0.0052 ± 0.0031 (3/3)``: mean and sample std of per-seed differences, and in how many
+    seeds the difference is positive."""
+    if not diffs:
+        return NA
+    n = len(diffs)
+    mean = sum(diffs) / n
+    text = f"{mean:+.4f}"
+    if n > 1:
+        std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        text += f" ± {std:.4f}"
+    return f"{text} ({sum(d > 0 for d in diffs)}/{n})"
+
+
+def diff_table(data: Mapping[str, Any], task: str | None = None, against: str | None = None) -> str:
+    """Variants x (AUC, GAUC, cold AUC of ``task``) minus the ``against`` variant's, paired by
+    pipeline seed: each seed's difference, then mean ± sample std over seeds and how many seeds are
+    above. A study only (its per-seed ``values``). Every variant of a seed shares that seed's
+    hold-out and test events, so the paired spread leaves out what the seeds' event draws add to
+    the spread of each variant's own figure."""
+    if not is_study(data):
+        raise QarmError("the diff table needs a study (qarm study): per-pipeline-seed values")
+    variants = variants_of(data)
+    if not variants:
+        raise QarmError("no ranking figures (rank.variants): run the 'train' stage")
+    against = against or next((v for v in DIFF_REFERENCES if v in variants), None)
+    if against not in variants:
+        raise QarmError(f"diff table: reference variant {against!r} is not among {', '.join(ordered(variants, VARIANT_ORDER))}")
+    task = task or (tasks_of(data) or [None])[0]
+    if task not in tasks_of(data):
+        raise QarmError(f"task {task!r} not among the ranking figures ({', '.join(tasks_of(data))})")
+    ref = variants[against].get(task) or {}
+    rows = []
+    for v in ordered(variants, VARIANT_ORDER):
+        if v == against:
+            continue
+        mine = variants[v].get(task) or {}
+        rows.append([f"`{v}`"] + [diff_cell(_paired((lookup(mine, k) or {}).get("values"), (lookup(ref, k) or {}).get("values")))
+                                  for k, _ in DIFF_METRICS])
+    return table(["variant"] + [f"{task} {label} − `{against}`" for _, label in DIFF_METRICS], rows)
+
+
 # (section, key, label, format): the upstream figures a grid table shows beside the ranking
 GRID_FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("align", "aligned.recall@10", "pair R@10", "share"),
@@ -333,8 +387,10 @@ TABLES: dict[str, tuple[str, Callable[..., str]]] = {
     "stages": ("Pairs, alignment and quantisation", stages_table),
     "retrieve": ("Retrieval", retrieve_table),
     "grid": ("Grid", grid_table),
+    "diff": ("Paired differences against a reference variant, per pipeline seed", diff_table),
 }
-TABLE_OPTIONS = {"rank": {"task"}, "buckets": {"task"}, "grid": {"task", "variants", "stage"}}
+TABLE_OPTIONS = {"rank": {"task"}, "buckets": {"task"}, "grid": {"task", "variants", "stage"},
+                 "diff": {"task", "against"}}
 
 
 def render_table(data: Mapping[str, Any], name: str, **options: str) -> str:
