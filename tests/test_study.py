@@ -260,7 +260,20 @@ def test_diff_table_pairs_variants_by_pipeline_seed(capsys):
     assert "`id`" in render_table(data | {"variants": {**v, "id": v["frozen_mm"]}}, "diff", against="frozen_mm")
     with pytest.raises(QarmError, match="reference variant 'sasrec'"):
         render_table(data, "diff", against="sasrec")
-    with pytest.raises(QarmError, match="needs a study"):
+    with pytest.raises(QarmError, match="needs a study or a grid"):
         diff_table({"kind": "run", "rank": {"variants": v}})
     assert main(["results", path, "--table", "diff", "--against", "frozen_mm"]) == 0
     assert "click cold AUC − `frozen_mm`" in capsys.readouterr().out
+
+
+def test_diff_table_of_a_grid_has_a_row_per_point_and_variant():
+    from qarm.report.results import diff_table
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "ml100k-grid-code-dropout.json")
+    data = load_results(path)
+    lines = diff_table(data).splitlines()
+    assert lines[0].startswith("| `rank.code_dropout` | variant | click AUC − `qarm` |")
+    assert [ln.split(" | ")[:2] for ln in lines[2:]] == [["| 0", "`qarm_raw`"], ["| 0.3", "`qarm_raw`"]]
+    st = data["points"][1]["study"]["variants"]
+    d = np.subtract(st["qarm_raw"]["click"]["gauc"]["values"], st["qarm"]["click"]["gauc"]["values"])
+    assert lines[3].split(" | ")[3] == f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} ({int((d > 0).sum())}/3)"

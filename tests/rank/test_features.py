@@ -221,3 +221,27 @@ def test_vq_table_item_id_reads_the_nearest_items_id_rows(ml_run, built):
     assert (grad[touched] > 0).all() and int((grad > 0).sum()) == len(touched) + 1  # + the OOV id row
     local = t.take(np.array([5])).append(vq[[held[0]]], t.rq[[row]], {n: t.dense[n][[row]] for n in t.dense})
     assert np.array_equal(local.index["vq_item"][-1], t.index["vq_item"][row])
+
+
+def test_sim_depth_groups_the_hard_search_by_a_deeper_prefix(built):
+    """``rank.sim_depth: 2``: every SIM item shares the target's first two RQ codes; the depth
+    survives the model.pt round trip (serving groups as training did); a depth beyond the levels
+    is a config error."""
+    from qarm.config import ConfigError
+    from qarm.rank.predict import tables_from_state
+    from qarm.rank.stage import tables_state
+
+    items, events, codes, shallow, ev1, _ = built
+    t = build_item_tables(items, codes, {}, sim_depth=2)
+    ev, _ = build_events(t, events, ["click"], "click", 50, 20)
+    sims, sims1 = ev.sim("sim"), ev1.sim("sim")
+    rows = np.flatnonzero((sims > 0).any(1))
+    assert len(rows) > 100
+    for e in rows[:: max(1, len(rows) // 200)]:
+        s = sims[e][sims[e] > 0]
+        assert (t.rq[s, :2] == t.rq[ev.target[e], :2]).all()
+    # narrower groups: fewer SIM items than by the level-1 code alone
+    assert (sims > 0).sum() < (sims1 > 0).sum()
+    assert tables_from_state(tables_state(t)).sim_depth == 2 and t.take(np.array([5])).sim_depth == 2
+    with pytest.raises(ConfigError, match="sim_depth"):
+        build_item_tables(items, codes, {}, sim_depth=4)

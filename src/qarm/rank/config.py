@@ -24,7 +24,8 @@ class RankConfig:
     tasks: list[str] = field(default_factory=lambda: ["click", "like"])
     history_label: str = "click"    # a history item is an earlier event with this label == 1
     history: int = 50               # last N positives before the event (DIN sequence)
-    sim_history: int = 20           # SIM hard search: last positives sharing the target's level-1 RQ code
+    sim_history: int = 20           # SIM hard search: last positives sharing the target's RQ prefix
+    sim_depth: int = 1              # ... of this depth (1 = the level-1 code; code variants only)
     sim_clusters: int = 0           # dense variants' SIM groups: k-means clusters (0 = quantize.rq_sizes[0])
     dim: int = 16                   # embedding size of ids, users and the VQ bag
     code_dim: int = 8               # embedding size of each RQ level / prefix code

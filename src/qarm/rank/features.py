@@ -123,7 +123,7 @@ class ItemTables:
     item's codes to the same indices), and ``vq_item``: int64 [pool] the item-id index of each VQ
     pool position (PAD where that pool item has no train event); vq: int64 [R, K] raw VQ pool positions, rq: int64 [R, L] raw RQ
     codes (-1 in the PAD/UNKNOWN rows; None without codes), rq_bits: bits per level of the prefix
-    keys; cluster: dense name -> int64 [R] SIM cluster (-1 in PAD/UNKNOWN), centroids: dense name ->
+    keys; sim_depth: the RQ prefix depth that groups the code variants' SIM hard search; cluster: dense name -> int64 [R] SIM cluster (-1 in PAD/UNKNOWN), centroids: dense name ->
     float32 [k, d] in unit-vector space; cos_edges: dense name -> float32 [J] cosine thresholds.
     """
 
@@ -135,6 +135,7 @@ class ItemTables:
     vq: np.ndarray | None = None
     rq: np.ndarray | None = None
     rq_bits: int = 0
+    sim_depth: int = 1
     cluster: dict[str, np.ndarray] = field(default_factory=dict)
     centroids: dict[str, np.ndarray] = field(default_factory=dict)
     cos_edges: dict[str, np.ndarray] = field(default_factory=dict)
@@ -159,7 +160,8 @@ class ItemTables:
         raw = per_row["raw"]
         return ItemTables(item_ids=np.zeros(0, np.int64), index=per_row["index"], dense=per_row["dense"],
                           vocab=dict(self.vocab), keys=self.keys, vq=raw.get("vq"), rq=raw.get("rq"),
-                          rq_bits=self.rq_bits, cluster=per_row["cluster"], centroids=self.centroids,
+                          rq_bits=self.rq_bits, sim_depth=self.sim_depth, cluster=per_row["cluster"],
+                          centroids=self.centroids,
                           cos_edges=self.cos_edges)
 
     def take(self, rows: np.ndarray) -> ItemTables:
@@ -213,15 +215,17 @@ def nearest_centroid(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: dict[str, np.ndarray],
-                      sim_clusters: int = 32, seed: int = 0, vq_pool_ids: np.ndarray | None = None) -> ItemTables:
+                      sim_clusters: int = 32, seed: int = 0, vq_pool_ids: np.ndarray | None = None,
+                      sim_depth: int = 1) -> ItemTables:
     """Item tables from items.parquet, codes.parquet and the dense embeddings (items order).
 
     items: sorted by item_id, with ``train_count``; codes: ``item_id``, ``vq`` list [K], ``rq`` list [L];
     dense: file name -> float32 [n_items, d]; sim_clusters: k of the k-means (on train items' unit
     vectors, seeded by ``seed``) whose clusters are the dense variants' SIM groups (0 = no dense SIM);
     vq_pool_ids: int64 [pool] the item id of each VQ pool position (``quant/vq_pool_ids.npy``), which
-    adds the ``vq_item`` index (each VQ code as its pool item's id index, for ``rank.vq_table: item_id``).
-    Raises DataError on NaN/inf, wrong shapes, missing codes.
+    adds the ``vq_item`` index (each VQ code as its pool item's id index, for ``rank.vq_table: item_id``);
+    sim_depth: the RQ prefix depth (1 = the level-1 code) whose groups the code variants' SIM hard
+    search keeps. Raises DataError on NaN/inf, wrong shapes, missing codes, a depth beyond the levels.
     """
     item_ids = items["item_id"].to_numpy(np.int64)
     n = len(item_ids)
@@ -246,6 +250,9 @@ def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: di
         _add_dense_search(t, name, trained_items, sim_clusters, seed)
     if codes is not None:
         _add_codes(t, codes, trained)
+        if not 1 <= sim_depth <= t.rq.shape[1]:
+            raise ConfigError(f"rank.sim_depth: expected 1..{t.rq.shape[1]} (the RQ levels), got {sim_depth}")
+        t.sim_depth = int(sim_depth)
         if vq_pool_ids is not None:
             _add_vq_item(t, np.asarray(vq_pool_ids, np.int64))
     return t
@@ -337,7 +344,7 @@ def _code_matrix(col: pd.Series, name: str) -> np.ndarray:
 
 
 def sim_source(variant: str) -> str | None:
-    """What groups a variant's SIM hard search: ``rq`` (level-1 code), a dense file, or None."""
+    """What groups a variant's SIM hard search: ``rq`` (an RQ prefix, ``ItemTables.sim_depth``), a dense file, or None."""
     if variant in RQ_VARIANTS:
         return "rq"
     if variant in ("frozen_mm", "ia_rep"):
@@ -551,10 +558,11 @@ def check_labels(events: pd.DataFrame, tasks: list[str], history_label: str) -> 
 
 
 def sim_groups(t: ItemTables) -> dict[str, np.ndarray]:
-    """SIM sequence name -> int64 [R] group of each item row (-1 for PAD/UNKNOWN)."""
+    """SIM sequence name -> int64 [R] group of each item row (-1 for PAD/UNKNOWN): the code
+    variants' ``sim`` groups by the RQ prefix of depth ``t.sim_depth``."""
     out = {}
     if t.rq is not None:
-        out["sim"] = t.rq[:, 0]
+        out["sim"] = t.rq[:, 0] if t.sim_depth <= 1 else prefix_keys(t.rq, t.rq_bits)[:, t.sim_depth - 1]
     for name, c in t.cluster.items():
         out[sim_name(name)] = c
     return out

@@ -72,6 +72,8 @@ def check_config(rc: RankConfig) -> None:
         rate = getattr(rc, name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
+    if rc.sim_depth < 1:
+        raise ConfigError(f"rank.sim_depth: expected >= 1 (an RQ prefix depth), got {rc.sim_depth}")
     if rc.vq_table not in ("own", "item_id"):
         raise ConfigError(f"rank.vq_table: expected 'own' or 'item_id', got {rc.vq_table!r}")
     check_device(rc.device, "rank.device")
@@ -111,7 +113,8 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
         pool_ids = read_npy(run / "quant/vq_pool_ids.npy")
     if "train_count" not in items.columns:
         raise DataError("no 'train_count' column: rerun the 'prepare' stage", file="items.parquet", column="train_count")
-    tables = build_item_tables(items, codes, dense, rc.sim_clusters or sim_clusters, seed, vq_pool_ids=pool_ids)
+    tables = build_item_tables(items, codes, dense, rc.sim_clusters or sim_clusters, seed, vq_pool_ids=pool_ids,
+                               sim_depth=rc.sim_depth)
     ev, info = build_events(tables, events, list(rc.tasks), rc.history_label, rc.history, rc.sim_history)
     if info["n_train"] == 0 or info["n_valid"] == 0 or info["n_test"] == 0:
         raise DataError(f"the ranker needs train, valid and test events, got {info}", file="events.parquet", column="split")
@@ -222,7 +225,8 @@ def tables_state(t: ItemTables) -> dict[str, Any]:
                              "vocab": dict(t.vocab), "keys": {k: tensor(v) for k, v in t.keys.items()},
                              "cluster": {k: tensor(v) for k, v in t.cluster.items()},
                              "centroids": {k: tensor(v) for k, v in t.centroids.items()},
-                             "cos_edges": {k: tensor(v) for k, v in t.cos_edges.items()}, "rq_bits": t.rq_bits}
+                             "cos_edges": {k: tensor(v) for k, v in t.cos_edges.items()}, "rq_bits": t.rq_bits,
+                             "sim_depth": t.sim_depth}
     if t.rq is not None:
         state["vq_raw"], state["rq_raw"] = tensor(t.vq), tensor(t.rq)
     return state

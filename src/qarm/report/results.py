@@ -289,15 +289,28 @@ def diff_cell(diffs: list[float]) -> str:
 def diff_table(data: Mapping[str, Any], task: str | None = None, against: str | None = None) -> str:
     """Variants x (AUC, GAUC, cold AUC of ``task``) minus the ``against`` variant's, paired by
     pipeline seed: each seed's difference, then mean ± sample std over seeds and how many seeds are
-    above. A study only (its per-seed ``values``). Every variant of a seed shares that seed's
-    hold-out and test events, so the paired spread leaves out what the seeds' event draws add to
-    the spread of each variant's own figure."""
+    above. A study (its per-seed ``values``), or a grid: one row per point and variant, against the
+    reference of the same point. Every variant of a seed shares that seed's hold-out and test
+    events, so the paired spread leaves out what the seeds' event draws add to the spread of each
+    variant's own figure."""
+    if is_grid(data) and data.get("points"):
+        keys = [g["key"] for g in data.get("grid") or []]
+        header, rows = None, []
+        for point in data["points"]:
+            h, r = _diff_rows(point["study"], task, against)
+            header = header or [f"`{k}`" for k in keys] + h
+            rows += [[str(point["overrides"].get(k, "")) for k in keys] + row for row in r]
+        return table(header, rows)
     if not is_study(data):
-        raise QarmError("the diff table needs a study (qarm study): per-pipeline-seed values")
+        raise QarmError("the diff table needs a study or a grid (qarm study): per-pipeline-seed values")
+    return table(*_diff_rows(data, task, against))
+
+
+def _diff_rows(data: Mapping[str, Any], task: str | None, against: str | None) -> tuple[list[str], list[list[str]]]:
     variants = variants_of(data)
     if not variants:
         raise QarmError("no ranking figures (rank.variants): run the 'train' stage")
-    against = against or next((v for v in DIFF_REFERENCES if v in variants), None)
+    against = against or next((v for v in DIFF_REFERENCES if v in variants), ordered(variants, VARIANT_ORDER)[0])
     if against not in variants:
         raise QarmError(f"diff table: reference variant {against!r} is not among {', '.join(ordered(variants, VARIANT_ORDER))}")
     task = task or (tasks_of(data) or [None])[0]
@@ -311,7 +324,7 @@ def diff_table(data: Mapping[str, Any], task: str | None = None, against: str | 
         mine = variants[v].get(task) or {}
         rows.append([f"`{v}`"] + [diff_cell(_paired((lookup(mine, k) or {}).get("values"), (lookup(ref, k) or {}).get("values")))
                                   for k, _ in DIFF_METRICS])
-    return table(["variant"] + [f"{task} {label} − `{against}`" for _, label in DIFF_METRICS], rows)
+    return ["variant"] + [f"{task} {label} − `{against}`" for _, label in DIFF_METRICS], rows
 
 
 # (section, key, label, format): the upstream figures a grid table shows beside the ranking
