@@ -55,7 +55,10 @@ def mine_triggers(user: np.ndarray, item: np.ndarray, time: np.ndarray, emb: np.
             end = min(end, start + max(block, chunk * window // w))
             w = int(reach[start:end].max())
         m, n_blocks = end - start, -(-(end - start) // block)
-        rows = np.zeros((w + n_blocks * block, d), dtype=np.float32)  # w halo rows, then this chunk's events
+        # float64 rows, scores rounded to float32 after: BLAS rounds a row by its position in the block
+        # (OpenBLAS on AMD Zen), and a chunk's rows sit elsewhere in another engine's chunking (Spark
+        # partitions); float64 then float32 gives the same scores, so the same triggers, either way
+        rows = np.zeros((w + n_blocks * block, d), dtype=np.float64)  # w halo rows, then this chunk's events
         first = max(0, start - w)
         rows[w - (start - first): w + m] = emb[s_item[first:end]]
         rs, cs = rows.strides
@@ -68,7 +71,7 @@ def mine_triggers(user: np.ndarray, item: np.ndarray, time: np.ndarray, emb: np.
         target = s_item[start:end]
         cand = sliding_window_view(padded_items, w)[start + w_max - w:end + w_max - w]  # items at p-w .. p-1
         ok = (pos >= lo[start:end, None]) & (pos < hi[start:end, None]) & (cand != target[:, None])
-        sims = np.where(ok, band, -np.inf)
+        sims = np.where(ok, band.astype(np.float32), np.float32(-np.inf))
         best = sims.argmax(axis=1)
         best_sim = sims[np.arange(m), best]
         found = np.isfinite(best_sim)

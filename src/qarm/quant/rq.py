@@ -36,19 +36,27 @@ GEMM_ROWS = 1024  # rows per fixed-shape GEMM block (see fixed_rows_matmul)
 
 
 def fixed_rows_matmul(a: np.ndarray, b: np.ndarray, rows: int = GEMM_ROWS) -> np.ndarray:
-    """a float32 [n, k] @ b float32 [k, m] -> [n, m], computed in blocks of exactly ``rows`` rows (the
-    last one zero-padded). BLAS chooses kernels and blocking by shape, so in one plain GEMM a row's
-    bits depend on how many rows share the call; with one fixed shape an item gets the same scores,
-    hence the same codes, alone, in a request of 7 or in the whole catalogue (docs/determinism.md)."""
+    """a float32 [n, k] @ b float32 [k, m] -> float32 [n, m], whose rows do not depend on which other
+    rows share the call, so an item gets the same scores, hence the same codes, alone, in a request
+    of 7 or in the whole catalogue (docs/determinism.md).
+
+    BLAS picks kernels and blocking by shape, so blocks of exactly ``rows`` rows (the last one
+    zero-padded) fix the shape. That is not enough everywhere: OpenBLAS's Zen/Haswell sgemm rounds a
+    row differently by its position inside the block (measured on an AMD EPYC: position 5 and 8 of
+    the same block give different float32 bits). So the blocks are multiplied in float64 and
+    rounded to float32: the float64 results of one row at two positions differ by a few float64
+    ulps at most, which round to the same float32 unless they straddle a float32 rounding boundary
+    (about 2^-29 per element)."""
     n = a.shape[0]
-    out = np.empty((n, b.shape[1]), np.result_type(a.dtype, b.dtype))
+    b64 = np.asarray(b, np.float64)
+    out = np.empty((n, b.shape[1]), np.float32)
+    blk = np.zeros((rows, a.shape[1]), np.float64)
     for s in range(0, n, rows):
-        if s + rows <= n:
-            np.matmul(a[s:s + rows], b, out=out[s:s + rows])
-        else:
-            blk = np.zeros((rows, a.shape[1]), a.dtype)
-            blk[:n - s] = a[s:]
-            out[s:] = (blk @ b)[:n - s]
+        m = min(rows, n - s)
+        blk[:m] = a[s:s + m]
+        if m < rows:
+            blk[m:] = 0.0
+        out[s:s + m] = (blk @ b64)[:m]
     return out
 
 
