@@ -36,6 +36,7 @@ DENSE_OF = {"frozen_mm": "emb_raw.npy", "ia_rep": "emb_aligned.npy", "qarm_dense
             "qarm_raw": "emb_raw.npy"}
 VQ_VARIANTS, RQ_VARIANTS = ("vq", "qarm", "qarm_dense", "qarm_raw"), ("rq", "qarm", "qarm_dense", "qarm_raw")
 CODE_VARIANTS = ("vq", "rq", "qarm", "qarm_dense", "qarm_raw")
+VQ_TABLES = ("own", "item_id")   # rank.vq_table: where the VQ bag's codes are embedded
 HISTORY_SPLITS = ("train", "valid", "test")        # non-held-out events: history sources
 EVENT_SPLITS = ("train", "valid", "test", "cold_test")
 COUNT_EDGES = np.array([0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500], dtype=np.int64)  # bucket lower edges
@@ -385,7 +386,7 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
         elif vq_table == "own":
             specs.append(FeatureSpec("vq", "item", t.vocab["vq"], dim, "mean", t.index["vq"].shape[1]))
         else:
-            raise ConfigError(f"rank.vq_table: expected 'own' or 'item_id', got {vq_table!r}")
+            raise ConfigError(f"rank.vq_table: expected one of {VQ_TABLES}, got {vq_table!r}")
         specs += [FeatureSpec(c, "count", n_buckets, count_dim) for c in ("vq_overlap_items", "vq_overlap_codes")]
     if variant in RQ_VARIANTS:
         depth = t.rq.shape[1]

@@ -42,6 +42,7 @@ from qarm.rank.features import (
     DENSE_OF,
     UNKNOWN,
     VARIANTS,
+    VQ_TABLES,
     EventArrays,
     ItemTables,
     build_events,
@@ -74,8 +75,8 @@ def check_config(rc: RankConfig) -> None:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
     if rc.sim_depth < 1:
         raise ConfigError(f"rank.sim_depth: expected >= 1 (an RQ prefix depth), got {rc.sim_depth}")
-    if rc.vq_table not in ("own", "item_id"):
-        raise ConfigError(f"rank.vq_table: expected 'own' or 'item_id', got {rc.vq_table!r}")
+    if rc.vq_table not in VQ_TABLES:
+        raise ConfigError(f"rank.vq_table: expected one of {VQ_TABLES}, got {rc.vq_table!r}")
     check_device(rc.device, "rank.device")
     if not rc.att_hidden or not rc.dnn_hidden or min(rc.att_hidden + rc.dnn_hidden) < 1:
         raise ConfigError("rank.att_hidden and rank.dnn_hidden: non-empty lists of positive sizes")
