@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qarm.rank.features import FeatureSpec, ItemTables
+from qarm.rank.features import UNKNOWN, FeatureSpec, ItemTables
 from qarm.rank.model import RankModel, TargetAttention
 
 
@@ -141,6 +141,62 @@ def test_id_dropout_replaces_ids_with_the_oov_row_in_training_only():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(batch), model(batch))  # no dropout at evaluation
+
+
+def test_drop_private_codes_hides_the_codes_only_that_row_has_when_its_id_drops():
+    """A dropped row looks like a held-out item: no id, and only the codes other trained items
+    share. Off (the default), training draws the same random numbers as before the option."""
+    t = _tiny_tables(6)
+    # item rows 2..7; rows 6 and 7 are held out (OOV id). rq_p2 code 5 is row 2's alone, code 4
+    # rows 3 and 4 share, code 6 only held-out rows carry (not "private": no trained row has it)
+    t.index["item_id"][6:] = UNKNOWN
+    t.index["rq_p2"] = np.array([0, 1, 5, 4, 4, 3, 6, 6])[:, None].astype(np.int64)
+    t.vocab["rq_p2"] = 7
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", 8, 4),
+             FeatureSpec("rq_p2", "item", 7, 2), FeatureSpec("history", "sequence", 3, 0)]
+    torch.manual_seed(0)
+    model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
+    assert model.private_rq_p2[:, 0].tolist() == [False, False, True, False, False, True, False, False]
+    assert not model.private_item_id.any()
+    rows = torch.arange(2, 8)
+    model.train()
+    model.item_id_dropout, model.drop_private_codes = 0.999999, True     # every known id drops
+    # which rows each lookup read shows in which embedding rows receive a gradient
+    model.item_vectors(model.row_features(rows)).sum().backward()
+    p2_grad = model.item["rq_p2"].weight.grad.abs().sum(1)
+    id_grad = model.item["item_id"].weight.grad.abs().sum(1)
+    assert p2_grad[5] == 0 and p2_grad[3] == 0            # private codes were hidden (-> OOV row 1)
+    assert p2_grad[4] > 0 and p2_grad[6] > 0 and p2_grad[1] > 0   # shared and held-out codes kept
+    assert id_grad[2:].sum() == 0 and id_grad[1] > 0      # every id went to the OOV row
+    # off: private codes stay whatever happens to the id
+    model.zero_grad()
+    model.drop_private_codes = False
+    model.item_vectors(model.row_features(rows)).sum().backward()
+    assert model.item["rq_p2"].weight.grad.abs().sum(1)[5] > 0
+
+
+def test_id_dropout_draws_are_unchanged_by_the_private_code_masks():
+    t = _code_tables(n_items=50)
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", t.vocab["item_id"], 4),
+             FeatureSpec("vq", "item", 40, 4, "mean", 4), FeatureSpec("history", "sequence", 5, 0),
+             FeatureSpec("rq_p2", "item", 30, 3)]
+    torch.manual_seed(0)
+    model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
+    model.train()
+    model.item_id_dropout = model.code_dropout = 0.3
+    rows = torch.arange(2, 52)
+    torch.manual_seed(7)
+    off = model.item_vectors(model.row_features(rows))
+    # the same draws by hand: ids first ([U, 1]), then each code feature in spec order
+    torch.manual_seed(7)
+    feats = model.row_features(rows)
+    hit = torch.rand(feats["item_id"].shape) < 0.3
+    ids = torch.where(hit & (feats["item_id"] > UNKNOWN), UNKNOWN, feats["item_id"])
+    assert torch.equal(off[:, :4], model.item["item_id"].weight[ids[:, 0]])
+    model.drop_private_codes = True
+    torch.manual_seed(7)
+    on = model.item_vectors(model.row_features(rows))
+    assert torch.equal(on[:, :4], off[:, :4])       # same id draws with the option on
 
 
 def test_sparse_tables_give_the_same_logits_and_gradients_and_move_only_touched_rows():

@@ -48,6 +48,8 @@ class RankConfig:
     # OOV rows learn and the model learns to rank when an id is missing (every cold item)
     item_id_dropout: float = 0.3    # per unique item row of a batch (docs/ranking-ablation.md: +0.8 pt cold AUC)
     user_id_dropout: float = 0.0    # per event
+    drop_private_codes: bool = False  # a row that loses its id loses the codes no other trained item has
+                                    # too: it then looks like a held-out item (docs/ranking-ablation.md)
     code_dropout: float = 0.3       # per code of a unique item row (VQ bag entries, RQ levels, prefixes);
                                     # 0.3 lifts cold AUC of every code variant, paired by seed on two
                                     # machines (docs/ranking-ablation.md); studies before it used 0

@@ -91,6 +91,12 @@ class RankModel(nn.Module):
     ``user_id_dropout``. Draws come from torch's global generator, which ``fit`` seeds from
     (seed, epoch). So the OOV rows learn, and the model learns to lean on codes and content when
     an id is missing, as it is for every cold item.
+
+    ``drop_private_codes``: a row whose id is dropped also loses its *private* codes (-> OOV), the
+    codes no other trained item carries (a unique RQ prefix is an item id under another name).
+    A held-out item looks like that: no id, and only codes it shares with trained items (the
+    others were compacted to OOV), so the dropped rows then simulate it, instead of an item that
+    lost its id but kept a quasi-id.
     """
 
     def __init__(self, specs: list[FeatureSpec], tables: ItemTables, n_tasks: int, att_hidden: list[int],
@@ -119,6 +125,16 @@ class RankModel(nn.Module):
         for s in self.item_specs:
             idx = torch.as_tensor(tables.index[s.name]).reshape(tables.n_rows, -1)
             self.register_buffer(f"idx_{s.name}", idx, persistent=False)
+        # private codes: known codes exactly one trained row (known item id) carries
+        trained = (getattr(self, "idx_item_id")[:, 0] > UNKNOWN) if "item_id" in tables.index else None
+        for s in self.item_specs:
+            idx = getattr(self, f"idx_{s.name}")
+            if trained is None or s.name == "item_id":
+                private = torch.zeros_like(idx, dtype=torch.bool)
+            else:
+                support = torch.bincount(idx[trained].reshape(-1), minlength=s.vocab)
+                private = (support[idx] == 1) & (idx > UNKNOWN)
+            self.register_buffer(f"private_{s.name}", private, persistent=False)
         for i, s in enumerate(self.dense_specs):
             self.register_buffer(f"dense_{i}", torch.as_tensor(tables.dense[s.name]), persistent=False)
         # frozen vectors, trainable projection (no bias, so the PAD row stays 0)
@@ -137,6 +153,7 @@ class RankModel(nn.Module):
             self.head = nn.Linear(dnn_hidden[-1], n_tasks)
         self.n_tasks = n_tasks
         self.item_id_dropout = self.user_id_dropout = self.code_dropout = 0.0
+        self.drop_private_codes = False
         for emb in [self.user, *self.item.values(), *self.count]:
             nn.init.normal_(emb.weight, std=0.01)
 
@@ -144,6 +161,9 @@ class RankModel(nn.Module):
         """The per-item inputs of item rows int [U] from the model's tables: item feature name ->
         int64 [U, w] vocabulary indices, ``dense_<i>`` -> float32 [U, d]."""
         out = {s.name: getattr(self, f"idx_{s.name}").index_select(0, rows) for s in self.item_specs}
+        if self.training and self.drop_private_codes:
+            for s in self.item_specs:
+                out[f"private_{s.name}"] = getattr(self, f"private_{s.name}").index_select(0, rows)
         for i in range(len(self.dense_specs)):
             out[f"dense_{i}"] = getattr(self, f"dense_{i}").index_select(0, rows)
         return out
@@ -152,10 +172,19 @@ class RankModel(nn.Module):
         """[U, D]: each row's id and code embeddings (multi-valued codes pooled) and projected
         dense vectors, concatenated. ``feats`` as ``row_features`` returns."""
         parts = []
+        id_hit = None    # [U, 1] rows whose id is dropped (drawn first: item_id is the first item feature)
+        if self.training and self.item_id_dropout > 0 and "item_id" in feats and feats["item_id"].shape[0]:
+            ids = feats["item_id"]
+            id_hit = (torch.rand(ids.shape, device=ids.device) < self.item_id_dropout) & (ids > UNKNOWN)
         for s in self.item_specs:
             idx = feats[s.name]
-            if self.training and idx.shape[0]:
-                idx = self._drop(idx, self.item_id_dropout if s.name == "item_id" else self.code_dropout)
+            if s.name == "item_id" and id_hit is not None:
+                idx = torch.where(id_hit, torch.full_like(idx, UNKNOWN), idx)
+            elif self.training and idx.shape[0] and s.name != "item_id":
+                idx = self._drop(idx, self.code_dropout)
+                private = feats.get(f"private_{s.name}")
+                if private is not None and id_hit is not None:
+                    idx = torch.where(id_hit[:, :1] & private, torch.full_like(idx, UNKNOWN), idx)
             e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
             if s.pooling == "none":
                 parts.append(e[:, 0])

@@ -73,6 +73,8 @@ def check_config(rc: RankConfig) -> None:
         rate = getattr(rc, name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
+    if not isinstance(rc.drop_private_codes, bool):
+        raise ConfigError(f"rank.drop_private_codes: expected true or false, got {rc.drop_private_codes!r}")
     if rc.sim_depth < 1:
         raise ConfigError(f"rank.sim_depth: expected >= 1 (an RQ prefix depth), got {rc.sim_depth}")
     if rc.vq_table not in VQ_TABLES:
@@ -170,7 +172,7 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
     model = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
                       rc.n_experts, att_dim=rc.dim, sparse=bool(rc.sparse_ids))
     model.item_id_dropout, model.user_id_dropout = float(rc.item_id_dropout), float(rc.user_id_dropout)
-    model.code_dropout = float(rc.code_dropout)
+    model.code_dropout, model.drop_private_codes = float(rc.code_dropout), rc.drop_private_codes
     model.to(device)
     ev = inp.events
     parts = {s: ev.subset(ev.split == s) for s in ("train", "valid", "test", "cold_test")}
