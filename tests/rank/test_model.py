@@ -156,8 +156,8 @@ def test_drop_private_codes_hides_the_codes_only_that_row_has_when_its_id_drops(
              FeatureSpec("rq_p2", "item", 7, 2), FeatureSpec("history", "sequence", 3, 0)]
     torch.manual_seed(0)
     model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
-    assert model.private_rq_p2[:, 0].tolist() == [False, False, True, False, False, True, False, False]
-    assert not model.private_item_id.any()
+    assert model.private_codes()["rq_p2"][:, 0].tolist() == [False, False, True, False, False, True, False, False]
+    assert "item_id" not in model.private_codes()
     rows = torch.arange(2, 8)
     model.train()
     model.item_id_dropout, model.drop_private_codes = 0.999999, True     # every known id drops

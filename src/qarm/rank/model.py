@@ -125,16 +125,6 @@ class RankModel(nn.Module):
         for s in self.item_specs:
             idx = torch.as_tensor(tables.index[s.name]).reshape(tables.n_rows, -1)
             self.register_buffer(f"idx_{s.name}", idx, persistent=False)
-        # private codes: known codes exactly one trained row (known item id) carries
-        trained = (getattr(self, "idx_item_id")[:, 0] > UNKNOWN) if "item_id" in tables.index else None
-        for s in self.item_specs:
-            idx = getattr(self, f"idx_{s.name}")
-            if trained is None or s.name == "item_id":
-                private = torch.zeros_like(idx, dtype=torch.bool)
-            else:
-                support = torch.bincount(idx[trained].reshape(-1), minlength=s.vocab)
-                private = (support[idx] == 1) & (idx > UNKNOWN)
-            self.register_buffer(f"private_{s.name}", private, persistent=False)
         for i, s in enumerate(self.dense_specs):
             self.register_buffer(f"dense_{i}", torch.as_tensor(tables.dense[s.name]), persistent=False)
         # frozen vectors, trainable projection (no bias, so the PAD row stays 0)
@@ -154,6 +144,8 @@ class RankModel(nn.Module):
         self.n_tasks = n_tasks
         self.item_id_dropout = self.user_id_dropout = self.code_dropout = 0.0
         self.drop_private_codes = False
+        self._private: dict[str, torch.Tensor] | None = None   # built on first use (1 byte per code)
+        self._private_device: torch.device | None = None
         for emb in [self.user, *self.item.values(), *self.count]:
             nn.init.normal_(emb.weight, std=0.01)
 
@@ -162,11 +154,26 @@ class RankModel(nn.Module):
         int64 [U, w] vocabulary indices, ``dense_<i>`` -> float32 [U, d]."""
         out = {s.name: getattr(self, f"idx_{s.name}").index_select(0, rows) for s in self.item_specs}
         if self.training and self.drop_private_codes:
-            for s in self.item_specs:
-                out[f"private_{s.name}"] = getattr(self, f"private_{s.name}").index_select(0, rows)
+            for name, private in self.private_codes().items():
+                out[f"private_{name}"] = private.index_select(0, rows)
         for i in range(len(self.dense_specs)):
             out[f"dense_{i}"] = getattr(self, f"dense_{i}").index_select(0, rows)
         return out
+
+    def private_codes(self) -> dict[str, torch.Tensor]:
+        """Item feature name -> bool [R, w]: the row's code is known and exactly one trained row
+        (one with a known item id) carries it. Built once, on the tables' device."""
+        ids = self.idx_item_id
+        if self._private is None or self._private_device != ids.device:
+            trained = ids[:, 0] > UNKNOWN
+            self._private, self._private_device = {}, ids.device
+            for s in self.item_specs:
+                if s.name == "item_id":
+                    continue
+                idx = getattr(self, f"idx_{s.name}")
+                support = torch.bincount(idx[trained].reshape(-1), minlength=s.vocab)
+                self._private[s.name] = (support[idx] == 1) & (idx > UNKNOWN)
+        return self._private
 
     def item_vectors(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """[U, D]: each row's id and code embeddings (multi-valued codes pooled) and projected
