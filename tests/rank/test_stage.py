@@ -174,7 +174,8 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="bogus"):
         run_train(cfg, RunDir(tmp_path))
     for bad, match in (("rank.device=gpu", "rank.device.*'gpu'"), ("rank.item_id_dropout=1.5", "rank.item_id_dropout"),
-                       ("rank.code_dropout=-0.1", "rank.code_dropout")):
+                       ("rank.code_dropout=-0.1", "rank.code_dropout"),
+                       ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false")):
         with pytest.raises(ConfigError, match=match):
             run_train(load_config(CONFIG, [bad]), RunDir(tmp_path))
 
