@@ -27,6 +27,17 @@ def test_set_overrides_nested_values_with_yaml_types():
     assert cfg.data.path == "/x/y"
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; a float field still takes it, from --set and from a file
+    cfg = load_config("demo", ["rank.lr=1e-4", "align.tower_lr=2e-05"])
+    assert cfg.rank.lr == 1e-4 and cfg.align.tower_lr == 2e-05
+    path = tmp_path / "c.yaml"
+    path.write_text("rank:\n  lr: 3e-3\n")
+    assert load_config(path).rank.lr == 3e-3
+    with pytest.raises(ConfigError, match="rank.lr: expected a number, got 'fast'"):
+        load_config("demo", ["rank.lr=fast"])
+
+
 def test_unknown_key_names_key_and_lists_valid_ones():
     with pytest.raises(ConfigError) as err:
         load_config("demo", ["rank.epoch=2"])

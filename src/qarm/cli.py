@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "before the first one a grid key changes run once per seed and are shared. "
                         "Writes DIR/grid.json and DIR/grid.md as well")
 
+    p = sub.add_parser("ablate", help="which item features a trained ranker's score draws on",
+                       description="Evaluate a trained ranker again on the test and cold-test events with one "
+                                   "group of item features hidden (ids and codes -> the OOV row, dense vectors "
+                                   "-> 0), group by group; nothing is retrained. Reads: RUN/config.json, the "
+                                   "run's events, items, codes, embeddings and rank/<variant>/seed<s>/model.pt. "
+                                   "Writes: a Markdown table to stdout (--json: the rows as JSON too).")
+    p.add_argument("run", type=Path, help="a run directory with the 'train' stage done")
+    p.add_argument("--variant", required=True, help="the trained variant, e.g. qarm")
+    p.add_argument("--seed", type=int, default=None, help="ranker seed (default: the first configured)")
+    p.add_argument("--task", default=None, help="label column (default: the first task)")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+
     p = sub.add_parser("results", help="Markdown tables of a run or a study",
                        description="Print the tables of a run (DIR/metrics.json) or a study (DIR/study.json) "
                                    "as Markdown, or with --readme re-render the README blocks marked "
@@ -200,6 +212,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         run_study(cfg, args.out, parse_seeds(args.seeds), stages=stages, force=args.force, command=command)
         print(f"study: {(args.out / 'study.json').resolve()}")
+        return 0
+    if cmd == "ablate":
+        from qarm.io import write_json
+        from qarm.rank.ablate import feature_ablation, render_ablation
+
+        from qarm.config import load_run_config
+
+        rows = feature_ablation(load_run_config(args.run), args.run, args.variant, args.seed, args.task)
+        if args.json is not None:
+            write_json(args.json, {"run": str(args.run), "variant": args.variant, "seed": args.seed,
+                                   "task": args.task, "rows": rows})
+        sys.stdout.write(render_ablation(rows, args.variant) + "\n")
         return 0
     if cmd == "results":
         return _results(args)

@@ -93,6 +93,19 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Sequen
     return from_dict(Config, raw, "")
 
 
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config a run directory's stages ran with (its ``config.json``, which ``run_stages`` writes;
+    read as JSON: YAML would take ``2e-05`` for a string)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: not a run directory (run a stage into it first)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return from_dict(Config, raw, "")
+
+
 def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     node = tree
     for k in keys[:-1]:
@@ -165,6 +178,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 and 2e-05 (no dot) as strings; a float field takes them as numbers
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
