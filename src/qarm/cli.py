@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "-> 0), group by group; nothing is retrained. Reads: RUN/config.json, the "
                                    "run's events, items, codes, embeddings and rank/<variant>/seed<s>/model.pt. "
                                    "Writes: a Markdown table to stdout (--json: the rows as JSON too).")
-    p.add_argument("run", type=Path, help="a run directory with the 'train' stage done")
+    p.add_argument("run", type=Path, help="a run directory with the 'train' stage done, or a study directory "
+                                          "(every seed<s>/ run; AUC changes paired per run, mean ± std)")
     p.add_argument("--variant", required=True, help="the trained variant, e.g. qarm")
     p.add_argument("--seed", type=int, default=None, help="ranker seed (default: the first configured)")
     p.add_argument("--task", default=None, help="label column (default: the first task)")
@@ -215,15 +216,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "ablate":
         from qarm.io import write_json
-        from qarm.rank.ablate import feature_ablation, render_ablation
+        from qarm.rank.ablate import render_study_ablation, study_ablation
 
-        from qarm.config import load_run_config
-
-        rows = feature_ablation(load_run_config(args.run), args.run, args.variant, args.seed, args.task)
+        per_run = study_ablation(args.run, args.variant, args.seed, args.task)
         if args.json is not None:
-            write_json(args.json, {"run": str(args.run), "variant": args.variant, "seed": args.seed,
-                                   "task": args.task, "rows": rows})
-        sys.stdout.write(render_ablation(rows, args.variant) + "\n")
+            write_json(args.json, {"path": str(args.run), "variant": args.variant, "seed": args.seed,
+                                   "task": args.task, "runs": per_run})
+        sys.stdout.write(render_study_ablation(per_run, args.variant) + "\n")
         return 0
     if cmd == "results":
         return _results(args)

@@ -10,7 +10,7 @@ from rank_helpers import tiny_overrides
 from qarm.cli import main
 from qarm.config import load_config, load_run_config
 from qarm.errors import StageInputError
-from qarm.rank.ablate import feature_ablation, render_ablation
+from qarm.rank.ablate import feature_ablation, render_ablation, render_study_ablation, seed_runs
 from qarm.rank.stage import run_train
 from qarm.runner import RunDir
 
@@ -55,5 +55,28 @@ def test_the_command_reads_the_runs_config(tiny_run, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| nothing |") and out[3].startswith("| item id |")
     saved = json.loads((tiny_run / "ablate.json").read_text())
-    assert [r["hidden"] for r in saved["rows"]] == ["nothing", "item id", "id + all item features"]
+    assert [r["hidden"] for r in saved["runs"]["tiny"]] == ["nothing", "item id", "id + all item features"]
     assert main(["ablate", str(tiny_run / "nope"), "--variant", "id"]) == 2
+    # a study directory: every seed<s>/ run, in seed order
+    for s in (10, 2):
+        (tiny_run.parent / "study" / f"seed{s}").mkdir(parents=True)
+        (tiny_run.parent / "study" / f"seed{s}" / "config.json").write_text("{}")
+    assert [p.name for p in seed_runs(tiny_run.parent / "study")] == ["seed2", "seed10"]
+
+
+def _rows(test: float, cold: float, hidden_test: float, hidden_cold: float) -> list[dict]:
+    return [{"hidden": "nothing", "features": [], "task": "click", "test_auc": test, "cold_test_auc": cold,
+             "test_mean_logit": 0.0, "cold_test_mean_logit": 0.5},
+            {"hidden": "all codes", "features": ["vq"], "task": "click", "test_auc": hidden_test,
+             "cold_test_auc": hidden_cold, "test_mean_logit": 0.0, "cold_test_mean_logit": 1.5}]
+
+
+def test_a_study_table_pairs_each_change_within_its_run():
+    table = render_study_ablation({"seed0": _rows(0.70, 0.60, 0.66, 0.62), "seed1": _rows(0.80, 0.64, 0.74, 0.63)},
+                                  "qarm").splitlines()
+    assert table[0] == "| `qarm`: hidden at evaluation (2 runs) | click test AUC Δ | click cold AUC Δ | cold mean logit |"
+    assert table[2] == "| nothing (mean AUC) | 0.7500 | 0.6200 | +0.50 |"
+    # test: -0.04 and -0.06; cold: +0.02 and -0.01 (one run of two where hiding raised it)
+    assert table[3] == "| all codes | -0.0500 ± 0.0141 (0/2) | +0.0050 ± 0.0212 (1/2) | +1.50 |"
+    with pytest.raises(StageInputError, match="neither a run directory"):
+        seed_runs("/nonexistent")
