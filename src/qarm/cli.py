@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "<!-- results: PATH table=NAME --> ... <!-- /results --> from their JSON. "
                                    "Reads: DIR or a JSON file. Writes: stdout (or the --readme file).")
     p.add_argument("path", nargs="?", type=Path, help="run or study directory, or its metrics.json / study.json")
-    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve, grid, diff")
+    p.add_argument("--table", default="", help="print only this table: rank, buckets, stages, retrieve, grid, diff, "
+                                                      "ablate (a qarm ablate --json file)")
     p.add_argument("--task", default=None, help="with --table rank, buckets, grid or diff: the task (label column)")
     p.add_argument("--against", default=None, help="with --table diff: the reference variant (default ia_rep, "
                                                     "else frozen_mm, else id, else the first)")
@@ -216,13 +217,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "ablate":
         from qarm.io import write_json
-        from qarm.rank.ablate import render_study_ablation, study_ablation
+        from qarm.rank.ablate import study_ablation
+        from qarm.report.results import ablation_runs_table
 
         per_run = study_ablation(args.run, args.variant, args.seed, args.task)
         if args.json is not None:
-            write_json(args.json, {"path": str(args.run), "variant": args.variant, "seed": args.seed,
-                                   "task": args.task, "runs": per_run})
-        sys.stdout.write(render_study_ablation(per_run, args.variant) + "\n")
+            write_json(args.json, {"kind": "ablation", "path": str(args.run), "variant": args.variant,
+                                   "seed": args.seed, "task": args.task, "runs": per_run})
+        sys.stdout.write(ablation_runs_table(per_run, args.variant) + "\n")
         return 0
     if cmd == "results":
         return _results(args)

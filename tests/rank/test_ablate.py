@@ -9,8 +9,9 @@ from rank_helpers import tiny_overrides
 
 from qarm.cli import main
 from qarm.config import load_config, load_run_config
-from qarm.errors import StageInputError
-from qarm.rank.ablate import feature_ablation, render_ablation, render_study_ablation, seed_runs
+from qarm.errors import QarmError, StageInputError
+from qarm.rank.ablate import feature_ablation, seed_runs
+from qarm.report.results import ablation_rows_table, ablation_runs_table, render_table
 from qarm.rank.stage import run_train
 from qarm.runner import RunDir
 
@@ -36,7 +37,7 @@ def test_hiding_nothing_reproduces_the_stage_and_each_group_changes_the_scores(t
         assert r["test_auc"] != rows[0]["test_auc"] or r["test_mean_logit"] != rows[0]["test_mean_logit"], r["hidden"]
     # the tables are restored afterwards: a second call gives the same first row
     assert feature_ablation(cfg, tiny_run, "qarm_dense")[0] == rows[0]
-    table = render_ablation(rows, "qarm_dense").splitlines()
+    table = ablation_rows_table(rows, "qarm_dense").splitlines()
     assert table[0].startswith("| `qarm_dense`: hidden at evaluation | click test AUC |") and len(table) == 2 + len(rows)
 
 
@@ -72,11 +73,16 @@ def _rows(test: float, cold: float, hidden_test: float, hidden_cold: float) -> l
 
 
 def test_a_study_table_pairs_each_change_within_its_run():
-    table = render_study_ablation({"seed0": _rows(0.70, 0.60, 0.66, 0.62), "seed1": _rows(0.80, 0.64, 0.74, 0.63)},
+    table = ablation_runs_table({"seed0": _rows(0.70, 0.60, 0.66, 0.62), "seed1": _rows(0.80, 0.64, 0.74, 0.63)},
                                   "qarm").splitlines()
     assert table[0] == "| `qarm`: hidden at evaluation (2 runs) | click test AUC Δ | click cold AUC Δ | cold mean logit |"
     assert table[2] == "| nothing (mean AUC) | 0.7500 | 0.6200 | +0.50 |"
     # test: -0.04 and -0.06; cold: +0.02 and -0.01 (one run of two where hiding raised it)
     assert table[3] == "| all codes | -0.0500 ± 0.0141 (0/2) | +0.0050 ± 0.0212 (1/2) | +1.50 |"
+    # the same table from the --json file, as README / docs blocks render it
+    runs = {"seed0": _rows(0.70, 0.60, 0.66, 0.62), "seed1": _rows(0.80, 0.64, 0.74, 0.63)}
+    assert render_table({"kind": "ablation", "variant": "qarm", "runs": runs}, "ablate").splitlines() == table
+    with pytest.raises(QarmError, match="not a 'qarm ablate --json' file"):
+        render_table({"kind": "study"}, "ablate")
     with pytest.raises(StageInputError, match="neither a run directory"):
         seed_runs("/nonexistent")

@@ -106,19 +106,6 @@ def feature_ablation(cfg: Config, run_dir: str | Path, variant: str, seed: int |
     return rows
 
 
-def render_ablation(rows: list[dict[str, Any]], variant: str) -> str:
-    """The rows of ``feature_ablation`` as a Markdown table, AUC changes against the first row."""
-    base, task = rows[0], rows[0]["task"]
-    out = [f"| `{variant}`: hidden at evaluation | {task} test AUC | Δ | test mean logit | "
-           f"{task} cold AUC | Δ | cold mean logit |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        dt, dc = r["test_auc"] - base["test_auc"], r["cold_test_auc"] - base["cold_test_auc"]
-        delta = ("", "") if r is base else (f"{dt:+.4f}", f"{dc:+.4f}")
-        out.append(f"| {r['hidden']} | {r['test_auc']:.4f} | {delta[0]} | {r['test_mean_logit']:+.2f} | "
-                   f"{r['cold_test_auc']:.4f} | {delta[1]} | {r['cold_test_mean_logit']:+.2f} |")
-    return "\n".join(out)
-
-
 def seed_runs(path: str | Path) -> list[Path]:
     """A run directory -> [it]; a study directory (``seed<s>/`` run directories) -> those, by seed."""
     path = Path(path)
@@ -136,31 +123,3 @@ def study_ablation(path: str | Path, variant: str, seed: int | None = None,
     """``feature_ablation`` of every pipeline seed's run of a study (or of one run), each with its
     own config: run directory name -> rows."""
     return {p.name: feature_ablation(load_run_config(p), p, variant, seed, task) for p in seed_runs(path)}
-
-
-def render_study_ablation(per_run: dict[str, list[dict[str, Any]]], variant: str) -> str:
-    """Several runs' rows (``study_ablation``) as one Markdown table: per hidden group, the AUC
-    change against hiding nothing, paired within each run, then ``mean ± std (k/n)`` over runs
-    (k: runs where hiding the group *raised* AUC), and the mean cold logit."""
-    from qarm.report.results import diff_cell
-
-    runs = list(per_run.values())
-    if len(runs) == 1:
-        return render_ablation(runs[0], variant)
-    task = runs[0][0]["task"]
-    out = [f"| `{variant}`: hidden at evaluation ({len(runs)} runs) | {task} test AUC Δ | {task} cold AUC Δ | "
-           f"cold mean logit |", "|---|---|---|---|"]
-    for i, row in enumerate(runs[0]):
-        same = [r[i] for r in runs if i < len(r) and r[i]["hidden"] == row["hidden"]]
-        if len(same) != len(runs):
-            raise QarmError(f"runs differ in their feature groups at {row['hidden']!r}: the same variant in every run?")
-        logit = float(np.mean([r["cold_test_mean_logit"] for r in same]))
-        if i == 0:
-            auc_test = float(np.mean([r["test_auc"] for r in same]))
-            auc_cold = float(np.mean([r["cold_test_auc"] for r in same]))
-            out.append(f"| nothing (mean AUC) | {auc_test:.4f} | {auc_cold:.4f} | {logit:+.2f} |")
-            continue
-        dt = [r["test_auc"] - b[0]["test_auc"] for r, b in zip(same, runs)]
-        dc = [r["cold_test_auc"] - b[0]["cold_test_auc"] for r, b in zip(same, runs)]
-        out.append(f"| {row['hidden']} | {diff_cell(dt)} | {diff_cell(dc)} | {logit:+.2f} |")
-    return "\n".join(out)

@@ -394,6 +394,56 @@ def _caption(data: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def ablation_rows_table(rows: list[dict[str, Any]], variant: str) -> str:
+    """The rows of ``qarm.rank.ablate.feature_ablation`` as a Markdown table, AUC changes against the first row."""
+    base, task = rows[0], rows[0]["task"]
+    out = [f"| `{variant}`: hidden at evaluation | {task} test AUC | Δ | test mean logit | "
+           f"{task} cold AUC | Δ | cold mean logit |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dt, dc = r["test_auc"] - base["test_auc"], r["cold_test_auc"] - base["cold_test_auc"]
+        delta = ("", "") if r is base else (f"{dt:+.4f}", f"{dc:+.4f}")
+        out.append(f"| {r['hidden']} | {r['test_auc']:.4f} | {delta[0]} | {r['test_mean_logit']:+.2f} | "
+                   f"{r['cold_test_auc']:.4f} | {delta[1]} | {r['cold_test_mean_logit']:+.2f} |")
+    return "\n".join(out)
+
+
+def ablation_runs_table(per_run: dict[str, list[dict[str, Any]]], variant: str) -> str:
+    """Several runs' rows (``qarm.rank.ablate.study_ablation``) as one Markdown table: per hidden group, the AUC
+    change against hiding nothing, paired within each run, then ``mean ± std (k/n)`` over runs
+    (k: runs where hiding the group *raised* AUC), and the mean cold logit."""
+    runs = list(per_run.values())
+    if len(runs) == 1:
+        return ablation_rows_table(runs[0], variant)
+    task = runs[0][0]["task"]
+    out = [f"| `{variant}`: hidden at evaluation ({len(runs)} runs) | {task} test AUC Δ | {task} cold AUC Δ | "
+           f"cold mean logit |", "|---|---|---|---|"]
+    for i, row in enumerate(runs[0]):
+        same = [r[i] for r in runs if i < len(r) and r[i]["hidden"] == row["hidden"]]
+        if len(same) != len(runs):
+            raise QarmError(f"runs differ in their feature groups at {row['hidden']!r}: the same variant in every run?")
+        logit = _mean([r["cold_test_mean_logit"] for r in same])
+        if i == 0:
+            auc_test = _mean([r["test_auc"] for r in same])
+            auc_cold = _mean([r["cold_test_auc"] for r in same])
+            out.append(f"| nothing (mean AUC) | {auc_test:.4f} | {auc_cold:.4f} | {logit:+.2f} |")
+            continue
+        dt = [r["test_auc"] - b[0]["test_auc"] for r, b in zip(same, runs)]
+        dc = [r["cold_test_auc"] - b[0]["cold_test_auc"] for r, b in zip(same, runs)]
+        out.append(f"| {row['hidden']} | {diff_cell(dt)} | {diff_cell(dc)} | {logit:+.2f} |")
+    return "\n".join(out)
+
+
+def ablation_table(data: Mapping[str, Any]) -> str:
+    """A ``qarm ablate --json`` file (``kind: ablation``) as its Markdown table."""
+    if data.get("kind") != "ablation" or not isinstance(data.get("runs"), dict) or not data["runs"]:
+        raise QarmError("not a 'qarm ablate --json' file (kind: ablation, with runs)")
+    return ablation_runs_table(data["runs"], str(data.get("variant", "")))
+
+
 TABLES: dict[str, tuple[str, Callable[..., str]]] = {
     "rank": ("Ranking", rank_table),
     "buckets": ("Test AUC per item-frequency bucket (train count), mean", buckets_table),
@@ -401,6 +451,7 @@ TABLES: dict[str, tuple[str, Callable[..., str]]] = {
     "retrieve": ("Retrieval", retrieve_table),
     "grid": ("Grid", grid_table),
     "diff": ("Paired differences against a reference variant, per pipeline seed", diff_table),
+    "ablate": ("Item features hidden at evaluation (qarm ablate)", ablation_table),
 }
 TABLE_OPTIONS = {"rank": {"task"}, "buckets": {"task"}, "grid": {"task", "variants", "stage"},
                  "diff": {"task", "against"}}
