@@ -220,10 +220,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         from qarm.rank.ablate import study_ablation
         from qarm.report.results import ablation_runs_table
 
+        import shlex
+
+        from qarm.config import load_run_config
+        from qarm.rank.ablate import seed_runs
+        from qarm.study import git_commit
+
         per_run = study_ablation(args.run, args.variant, args.seed, args.task)
         if args.json is not None:
+            command = ["qarm", "ablate", str(args.run), "--variant", args.variant]
+            command += (["--seed", str(args.seed)] if args.seed is not None else []) + (
+                ["--task", args.task] if args.task else []) + ["--json", str(args.json)]
             write_json(args.json, {"kind": "ablation", "path": str(args.run), "variant": args.variant,
-                                   "seed": args.seed, "task": args.task, "runs": per_run})
+                                   "seed": args.seed, "task": args.task, "command": shlex.join(command),
+                                   **git_commit(), "config": load_run_config(seed_runs(args.run)[0]).to_dict(),
+                                   "runs": per_run})
         sys.stdout.write(ablation_runs_table(per_run, args.variant) + "\n")
         return 0
     if cmd == "results":

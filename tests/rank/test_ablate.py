@@ -57,6 +57,9 @@ def test_the_command_reads_the_runs_config(tiny_run, capsys):
     assert out[2].startswith("| nothing |") and out[3].startswith("| item id |")
     saved = json.loads((tiny_run / "ablate.json").read_text())
     assert [r["hidden"] for r in saved["runs"]["tiny"]] == ["nothing", "item id", "id + all item features"]
+    # committed evidence: kind, command, config and commit, as tests/test_readme_results.py asks of a block
+    assert saved["kind"] == "ablation" and saved["config"]["align"]["tower_lr"] == 2e-05
+    assert saved["command"].startswith("qarm ablate ") and "git_commit" in saved
     assert main(["ablate", str(tiny_run / "nope"), "--variant", "id"]) == 2
     # a study directory: every seed<s>/ run, in seed order
     for s in (10, 2):
