@@ -216,14 +216,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"study: {(args.out / 'study.json').resolve()}")
         return 0
     if cmd == "ablate":
-        from qarm.io import write_json
-        from qarm.rank.ablate import study_ablation
-        from qarm.report.results import ablation_runs_table
-
         import shlex
 
         from qarm.config import load_run_config
-        from qarm.rank.ablate import seed_runs
+        from qarm.io import write_json
+        from qarm.rank.ablate import seed_runs, study_ablation
+        from qarm.report.results import ablation_runs_table
         from qarm.study import git_commit
 
         per_run = study_ablation(args.run, args.variant, args.seed, args.task)

@@ -79,11 +79,11 @@ def feature_ablation(cfg: Config, run_dir: str | Path, variant: str, seed: int |
     if task not in tasks:
         raise QarmError(f"task {task!r} is not one the model was trained on: {', '.join(tasks)}")
     t = tasks.index(task)
-    rc = replace(cfg.rank, variants=[variant], vq_table=saved["rank_config"].get("vq_table", cfg.rank.vq_table),
-                 sim_depth=saved["rank_config"].get("sim_depth", cfg.rank.sim_depth))
+    src = saved["rank_config"]     # the trained model's settings win over the run's config
+    rc = replace(cfg.rank, variants=[variant], vq_table=src.get("vq_table", cfg.rank.vq_table),
+                 sim_depth=src.get("sim_depth", cfg.rank.sim_depth))
     inp = load_inputs(rc, run, int(cfg.quantize.rq_sizes[0]) if cfg.quantize.rq_sizes else 32, cfg.seed)
     specs = [FeatureSpec(**s) for s in saved["specs"]]
-    src = saved["rank_config"]
     model = RankModel(specs, inp.tables, len(tasks), src["att_hidden"], src["dnn_hidden"], src["towers"],
                       src["n_experts"], att_dim=src["dim"])
     model.load_state_dict(saved["state_dict"])

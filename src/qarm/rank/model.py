@@ -181,8 +181,7 @@ class RankModel(nn.Module):
         parts = []
         id_hit = None    # [U, 1] rows whose id is dropped (drawn first: item_id is the first item feature)
         if self.training and self.item_id_dropout > 0 and "item_id" in feats and feats["item_id"].shape[0]:
-            ids = feats["item_id"]
-            id_hit = (torch.rand(ids.shape, device=ids.device) < self.item_id_dropout) & (ids > UNKNOWN)
+            id_hit = self._hit(feats["item_id"], self.item_id_dropout)
         for s in self.item_specs:
             idx = feats[s.name]
             if s.name == "item_id" and id_hit is not None:
@@ -208,8 +207,12 @@ class RankModel(nn.Module):
         """Replace known indices (>= 2) with UNKNOWN with probability ``rate`` (padding stays)."""
         if rate <= 0:
             return idx
-        hit = (torch.rand(idx.shape, device=idx.device) < rate) & (idx > UNKNOWN)
-        return torch.where(hit, torch.full_like(idx, UNKNOWN), idx)
+        return torch.where(RankModel._hit(idx, rate), torch.full_like(idx, UNKNOWN), idx)
+
+    @staticmethod
+    def _hit(idx: torch.Tensor, rate: float) -> torch.Tensor:
+        """bool like ``idx``: known indices (>= 2) drawn with probability ``rate``."""
+        return (torch.rand(idx.shape, device=idx.device) < rate) & (idx > UNKNOWN)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch: ``user`` [B], ``target`` [B], one [B, N] row matrix per sequence spec, ``counts``
