@@ -235,6 +235,23 @@ def test_grid_runs_one_study_per_point_sharing_the_untouched_stages(world_files,
     assert not [m for m in logs if "] done in" in m], "a finished grid reruns no stage"
 
 
+def test_grid_over_a_code_knob_reuses_the_runs_of_variants_without_codes(world_files, tmp_path):
+    base = _overrides(world_files) + ["rank.seeds=[0]", "retrieve.enabled=false"]
+    out = tmp_path / "grid"
+    grid = parse_grid(["rank.code_dropout=0,0.5"])
+    run_grid(lambda sets: load_config(None, base + sets), out, [0], grid, log=lambda m: None)
+    a, b = (out / point_name(p) / "seed0" / "rank" for p in grid_points(grid))
+    # `id` reads no code: the second point links the first point's run and reuses it untouched
+    for name in ("result.json", "model.pt", "predictions.parquet"):
+        assert os.path.samefile(a / "id" / "seed0" / name, b / "id" / "seed0" / name)
+    # `vq` does: retrained at the second point into new files; the first point's run is intact
+    va, vb = read_json(a / "vq" / "seed0" / "result.json"), read_json(b / "vq" / "seed0" / "result.json")
+    assert not os.path.samefile(a / "vq" / "seed0" / "result.json", b / "vq" / "seed0" / "result.json")
+    assert va["fingerprint"] != vb["fingerprint"]
+    assert va["tasks"]["click"]["auc"] != vb["tasks"]["click"]["auc"], "the grid value takes effect"
+    assert read_json(out / point_name(grid_points(grid)[0]) / "seed0" / "config.json")["rank"]["code_dropout"] == 0
+
+
 def test_study_cli_rejects_a_bad_grid_value_before_running(tmp_path, capsys):
     assert main(["study", "demo", "--out", str(tmp_path / "g"), "--seeds", "0",
                  "--grid", "align.epochs=1,many"]) == 2

@@ -259,12 +259,27 @@ def link_stage_outputs(src_dir: Path, dst_dir: Path, stages: Sequence[str]) -> i
     return n
 
 
+def link_variant_runs(src_dir: Path, dst_dir: Path) -> int:
+    """Hard-link the per-(variant, seed) ranker runs of ``src_dir`` (``rank/<variant>/seed<k>/``)
+    into ``dst_dir`` where it has none. The train stage reuses a linked run only when its
+    fingerprint (the rank fields that variant reads, the seeds, the inputs) matches this point's,
+    so a sweep over a code knob trains ``ia_rep`` once; any other linked run is retrained, through
+    atomic renames that never touch the first point's files. Returns the number of files linked."""
+    n = 0
+    for f in sorted((src_dir / "rank").glob("*/seed*/*")):
+        dst = dst_dir / f.relative_to(src_dir)
+        if f.is_file() and not f.name.startswith(".") and not dst.exists():
+            n += _link_or_copy(f, dst)
+    return n
+
+
 def run_grid(make_config: Callable[[list[str]], Config], out: str | Path, seeds: Sequence[int],
              grid: Sequence[tuple[str, Sequence[str]]], stages: Sequence[str] | None = None, force: bool = False,
              command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One study per grid point in ``out/<point>/`` (``make_config(point overrides)`` gives its
     config); the stages no grid key touches run at the first point only and are linked into the
-    others, and so are the frozen tower features (``share_cache``). Writes ``out/grid.json`` (``kind: grid``, each point's overrides and study) and
+    others, and so are the frozen tower features (``share_cache``) and the first point's ranker
+    runs (``link_variant_runs``: reused where the variant's fingerprint is unchanged). Writes ``out/grid.json`` (``kind: grid``, each point's overrides and study) and
     ``out/grid.md``. Returns the grid dict."""
     out = Path(out)
     names = list(stages) if stages else default_stages()
@@ -284,6 +299,8 @@ def run_grid(make_config: Callable[[list[str]], Config], out: str | Path, seeds:
         def link(s: int, seed_dir: Path, i: int = i) -> None:
             if i and shared:
                 link_stage_outputs(first / f"seed{s}", seed_dir, shared)
+            if i and "train" in names and "train" not in shared:
+                link_variant_runs(first / f"seed{s}", seed_dir)
 
         # later points run only their own stages: the shared ones are linked in, never rerun
         study = run_study(make_config(sets), where, seeds, stages=[n for n in names if not i or n not in shared],

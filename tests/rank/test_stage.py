@@ -18,7 +18,7 @@ from rank_helpers import tiny_overrides
 
 from qarm.config import load_config
 from qarm.rank.predict import load_ranker
-from qarm.rank.stage import run_train
+from qarm.rank.stage import fingerprint, run_train
 from qarm.runner import RunDir, run_stages
 
 CONFIG = Path(__file__).parents[1] / "configs" / "ml100k-fast.yaml"
@@ -165,6 +165,23 @@ def test_sparse_id_tables_train_to_a_comparable_model_and_serve(tiny_run):
     items = [int(i) for i in events["item_id"].iloc[:6]]
     scores = ranker.score(items[:3], items[3:], user_id=int(events["user_id"].iloc[0]))
     assert scores["click"].shape == (3,) and np.isfinite(scores["click"]).all()
+
+
+def test_fingerprint_leaves_out_the_fields_a_variant_does_not_read():
+    base = load_config(CONFIG, [])
+    def fp(variant: str, *sets: str) -> str:
+        return fingerprint(load_config(CONFIG, list(sets)), variant, 0, "inputs")
+
+    for field, value in (("code_dropout", "0.6"), ("drop_private_codes", "true"), ("sim_depth", "2")):
+        assert fp("ia_rep", f"rank.{field}={value}") == fp("ia_rep") == fp("ia_rep", "rank.seeds=[5]")
+        assert fp("id", f"rank.{field}={value}") == fp("id")
+        assert fp("qarm", f"rank.{field}={value}") != fp("qarm") and fp("rq", f"rank.{field}={value}") != fp("rq")
+    assert fp("rq", "rank.vq_table=item_id") == fp("rq") and fp("vq", "rank.vq_table=item_id") != fp("vq")
+    assert fp("qarm", "rank.sim_clusters=7") == fp("qarm") and fp("qarm_dense", "rank.sim_clusters=7") != fp("qarm_dense")
+    # what every variant reads still counts, and so do the seeds and the inputs
+    assert fp("ia_rep", "rank.item_id_dropout=0.1") != fp("ia_rep")
+    assert fingerprint(base, "ia_rep", 1, "inputs") != fp("ia_rep")
+    assert fingerprint(base, "ia_rep", 0, "other") != fp("ia_rep")
 
 
 def test_config_errors_are_clear(tmp_path):

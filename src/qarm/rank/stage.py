@@ -43,6 +43,7 @@ from qarm.rank.features import (
     UNKNOWN,
     VARIANTS,
     VQ_TABLES,
+    VQ_VARIANTS,
     EventArrays,
     ItemTables,
     build_events,
@@ -128,9 +129,24 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
     return RankInputs(tables, ev, freq_bucket, tables.item_ids, np.unique(users), info, h)
 
 
+# rank fields that only some variants read: a variant's fingerprint leaves out the others, so a sweep
+# over a code knob reuses the runs of the variants without codes (ia_rep, id, ...) instead of
+# retraining them bit for bit at every point
+CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth")
+VQ_ONLY_FIELDS = ("vq_table",)
+DENSE_ONLY_FIELDS = ("sim_clusters",)
+
+
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
+    """What one (variant, seed) run computes: the rank fields it reads, the pipeline and ranker
+    seeds, the input files' hash. Equal fingerprints give the same bytes, so the run is reused."""
     rc = dataclasses.asdict(cfg.rank)
     for k in ("variants", "seeds", "threads", "device"):  # which runs exist and where, not what one run computes
+        rc.pop(k)
+    unread = ((CODE_ONLY_FIELDS if variant not in CODE_VARIANTS else ())
+              + (VQ_ONLY_FIELDS if variant not in VQ_VARIANTS else ())
+              + (DENSE_ONLY_FIELDS if variant not in DENSE_FILES else ()))
+    for k in unread:
         rc.pop(k)
     blob = json.dumps({"rank": rc, "seed": cfg.seed, "variant": variant, "rank_seed": seed, "inputs": input_hash},
                       sort_keys=True).encode()
