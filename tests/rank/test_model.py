@@ -123,6 +123,35 @@ def test_a_batch_that_touches_few_items_gives_the_whole_table_logits():
     assert set(np.flatnonzero(g_got.abs().sum(1).numpy() > 0)) <= set(touched.tolist())
 
 
+def test_embedding_l2_is_the_squared_norm_of_the_rows_a_step_reads():
+    torch.manual_seed(0)
+    t = _code_tables(50)
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", t.vocab["item_id"], 4),
+             FeatureSpec("vq", "item", 40, 4, "mean", 4), FeatureSpec("rq_l1", "item", 9, 3),
+             FeatureSpec("history", "sequence", 3, 0)]
+    model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
+    batch = {"user": torch.tensor([2, 3, 3, 1]), "target": torch.tensor([2, 5, 5, 9]),
+             "history": torch.tensor([[0, 0, 4], [2, 6, 7], [0, 0, 0], [8, 8, 2]])}
+    model(batch)
+    assert model.penalty is None   # off by default
+    model.embedding_l2 = 0.1
+    model(batch)
+    rows = torch.unique(torch.cat([batch["target"], batch["history"].ravel()]))
+    expect = (model.user.weight[batch["user"]] ** 2).sum()
+    for name in ("item_id", "vq", "rq_l1"):
+        idx = getattr(model, f"idx_{name}")[rows]
+        e = model.item[name].weight[idx] * (idx > 0).unsqueeze(-1)       # padding codes read nothing
+        expect = expect + (e ** 2).sum()
+    assert torch.allclose(model.penalty, 0.1 * expect / 4)
+    # its gradient shrinks exactly the rows the step read, nothing else
+    grad = torch.autograd.grad(model.penalty, model.item["vq"].weight)[0]
+    read = torch.unique(model.idx_vq[rows])
+    assert set(torch.nonzero(grad.abs().sum(1)).ravel().tolist()) == set(read[read > 0].tolist())
+    model.eval()
+    model(batch)
+    assert model.penalty is None   # training only
+
+
 def test_id_dropout_replaces_ids_with_the_oov_row_in_training_only():
     torch.manual_seed(0)
     t = _tiny_tables(200)

@@ -178,6 +178,8 @@ def test_fingerprint_leaves_out_the_fields_a_variant_does_not_read():
         assert fp("qarm", f"rank.{field}={value}") != fp("qarm") and fp("rq", f"rank.{field}={value}") != fp("rq")
     assert fp("rq", "rank.vq_table=item_id") == fp("rq") and fp("vq", "rank.vq_table=item_id") != fp("vq")
     assert fp("qarm", "rank.sim_clusters=7") == fp("qarm") and fp("qarm_dense", "rank.sim_clusters=7") != fp("qarm_dense")
+    # a field added later, at its "off" value, leaves the fingerprints of earlier runs as they were
+    assert fp("qarm", "rank.embedding_l2=0") == fp("qarm") != fp("qarm", "rank.embedding_l2=1e-5")
     # what every variant reads still counts, and so do the seeds and the inputs
     assert fp("ia_rep", "rank.item_id_dropout=0.1") != fp("ia_rep")
     assert fingerprint(base, "ia_rep", 1, "inputs") != fp("ia_rep")
@@ -192,7 +194,8 @@ def test_config_errors_are_clear(tmp_path):
         run_train(cfg, RunDir(tmp_path))
     for bad, match in (("rank.device=gpu", "rank.device.*'gpu'"), ("rank.item_id_dropout=1.5", "rank.item_id_dropout"),
                        ("rank.code_dropout=-0.1", "rank.code_dropout"),
-                       ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false")):
+                       ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false"),
+                       ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0")):
         with pytest.raises(ConfigError, match=match):
             run_train(load_config(CONFIG, [bad]), RunDir(tmp_path))
 

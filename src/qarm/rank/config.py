@@ -50,6 +50,10 @@ class RankConfig:
     user_id_dropout: float = 0.0    # per event
     drop_private_codes: bool = False  # a row that loses its id loses the codes no other trained item has
                                     # too: it then looks like a held-out item (docs/ranking-ablation.md)
+    # L2 penalty on the embedding rows a step reads (each unique item row's id and code embeddings,
+    # each event's user row), per event and added to the loss: O(batch), sparse tables included,
+    # unlike weight_decay (DeepCTR's l2_reg_embedding); 0 = off
+    embedding_l2: float = 0.0
     code_dropout: float = 0.3       # per code of a unique item row (VQ bag entries, RQ levels, prefixes);
                                     # 0.3 lifts cold AUC of every code variant, paired by seed on two
                                     # machines (docs/ranking-ablation.md); studies before it used 0

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qarm.rank.features import UNKNOWN, FeatureSpec, ItemTables
+from qarm.rank.features import PAD, UNKNOWN, FeatureSpec, ItemTables
 
 
 def mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
@@ -92,6 +92,13 @@ class RankModel(nn.Module):
     (seed, epoch). So the OOV rows learn, and the model learns to lean on codes and content when
     an id is missing, as it is for every cold item.
 
+    ``embedding_l2`` (training only): after each forward, ``penalty`` holds ``embedding_l2`` x the
+    squared L2 norm of every embedding row the step read (each unique item row's id and code
+    embeddings, padding codes left out; each event's user row), divided by the batch size; ``fit``
+    adds it to the loss. Rows outside the batch are untouched, so the cost stays O(batch), sparse
+    tables included. A row read in few batches is shrunk more, relative to its data gradient, than
+    a popular one.
+
     ``drop_private_codes``: a row whose id is dropped also loses its *private* codes (-> OOV), the
     codes no other trained item carries (a unique RQ prefix is an item id under another name).
     A held-out item looks like that: no id, and only codes it shares with trained items (the
@@ -144,6 +151,8 @@ class RankModel(nn.Module):
         self.n_tasks = n_tasks
         self.item_id_dropout = self.user_id_dropout = self.code_dropout = 0.0
         self.drop_private_codes = False
+        self.embedding_l2 = 0.0
+        self.penalty: torch.Tensor | None = None   # the last training forward's embedding L2 term
         self._private: dict[str, torch.Tensor] | None = None   # built on first use (1 byte per code)
         self._private_device: torch.device | None = None
         for emb in [self.user, *self.item.values(), *self.count]:
@@ -179,6 +188,7 @@ class RankModel(nn.Module):
         """[U, D]: each row's id and code embeddings (multi-valued codes pooled) and projected
         dense vectors, concatenated. ``feats`` as ``row_features`` returns."""
         parts = []
+        self._sq = None   # sum of squares of the embedding rows read (training with embedding_l2 only)
         id_hit = None    # [U, 1] rows whose id is dropped (drawn first: item_id is the first item feature)
         if self.training and self.item_id_dropout > 0 and "item_id" in feats and feats["item_id"].shape[0]:
             id_hit = self._hit(feats["item_id"], self.item_id_dropout)
@@ -192,6 +202,9 @@ class RankModel(nn.Module):
                 if private is not None and id_hit is not None:
                     idx = torch.where(id_hit[:, :1] & private, torch.full_like(idx, UNKNOWN), idx)
             e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
+            if self.training and self.embedding_l2 > 0:
+                sq = (e * e * (idx > PAD).unsqueeze(-1)).sum()            # padding slots read nothing
+                self._sq = sq if self._sq is None else self._sq + sq
             if s.pooling == "none":
                 parts.append(e[:, 0])
             else:
@@ -231,7 +244,12 @@ class RankModel(nn.Module):
         user = batch["user"]
         if self.training and self.user_id_dropout > 0:
             user = self._drop(user, self.user_id_dropout)
-        parts = [lookup(self.user, user), tgt]
+        user_emb = lookup(self.user, user)
+        parts = [user_emb, tgt]
+        self.penalty = None
+        if self.training and self.embedding_l2 > 0:
+            sq = (user_emb * user_emb).sum() + (self._sq if self._sq is not None else 0.0)
+            self.penalty = self.embedding_l2 * sq / len(user)
         col = 1
         for seq, att in zip(seqs, self.attention):
             n = seq.shape[1]

@@ -76,6 +76,8 @@ def check_config(rc: RankConfig) -> None:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
     if not isinstance(rc.drop_private_codes, bool):
         raise ConfigError(f"rank.drop_private_codes: expected true or false, got {rc.drop_private_codes!r}")
+    if not isinstance(rc.embedding_l2, (int, float)) or not 0.0 <= rc.embedding_l2 < float("inf"):
+        raise ConfigError(f"rank.embedding_l2: expected a finite number >= 0, got {rc.embedding_l2!r}")
     if rc.sim_depth < 1:
         raise ConfigError(f"rank.sim_depth: expected >= 1 (an RQ prefix depth), got {rc.sim_depth}")
     if rc.vq_table not in VQ_TABLES:
@@ -135,6 +137,10 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
 CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth")
 VQ_ONLY_FIELDS = ("vq_table",)
 DENSE_ONLY_FIELDS = ("sim_clusters",)
+# fields added after runs were made, at the value that means "off" (not merely the default: a
+# default may change, "off" does not): left out there, so the runs made before keep their
+# fingerprint and are reused
+NEW_FIELDS_OFF = {"embedding_l2": 0.0}
 
 
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
@@ -143,6 +149,9 @@ def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
     rc = dataclasses.asdict(cfg.rank)
     for k in ("variants", "seeds", "threads", "device"):  # which runs exist and where, not what one run computes
         rc.pop(k)
+    for k, off in NEW_FIELDS_OFF.items():
+        if rc[k] == off:
+            rc.pop(k)
     unread = ((CODE_ONLY_FIELDS if variant not in CODE_VARIANTS else ())
               + (VQ_ONLY_FIELDS if variant not in VQ_VARIANTS else ())
               + (DENSE_ONLY_FIELDS if variant not in DENSE_FILES else ()))
@@ -189,6 +198,7 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
                       rc.n_experts, att_dim=rc.dim, sparse=bool(rc.sparse_ids))
     model.item_id_dropout, model.user_id_dropout = float(rc.item_id_dropout), float(rc.user_id_dropout)
     model.code_dropout, model.drop_private_codes = float(rc.code_dropout), rc.drop_private_codes
+    model.embedding_l2 = float(rc.embedding_l2)
     model.to(device)
     ev = inp.events
     parts = {s: ev.subset(ev.split == s) for s in ("train", "valid", "test", "cold_test")}

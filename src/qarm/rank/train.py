@@ -130,6 +130,8 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
         for s in bar:
             b = train.batch(perm[s:s + bs][rank::size])
             loss = F.binary_cross_entropy_with_logits(net(b), b["labels"])
+            if getattr(model, "penalty", None) is not None:   # rank.embedding_l2
+                loss = loss + model.penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
