@@ -152,6 +152,27 @@ def test_embedding_l2_is_the_squared_norm_of_the_rows_a_step_reads():
     assert model.penalty is None   # training only
 
 
+def test_rows_without_an_id_do_not_train_their_codes_when_detach_idless_codes():
+    t = _code_tables(50)
+    t.index["item_id"][[3, 4]] = UNKNOWN          # two trained items made cold (rank.simulated_cold)
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", t.vocab["item_id"], 4),
+             FeatureSpec("vq", "item", 40, 4, "mean", 4), FeatureSpec("history", "sequence", 2, 0)]
+    batch = {"user": torch.tensor([2, 3]), "target": torch.tensor([3, 4]), "history": torch.tensor([[3, 4], [4, 0]])}
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
+        model.detach_idless_codes = detach
+        grads[detach] = torch.autograd.grad(model(batch).sum(), model.item["vq"].weight, allow_unused=True)[0]
+        logits = model(batch)
+    assert grads[False].abs().sum() > 0
+    assert grads[True] is None or grads[True].abs().sum() == 0   # only id-less rows in the batch
+    # the forward is the same: only the gradient is stopped
+    torch.manual_seed(0)
+    plain = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[8], att_dim=4)
+    assert torch.equal(plain(batch), logits)
+
+
 def test_id_dropout_replaces_ids_with_the_oov_row_in_training_only():
     torch.manual_seed(0)
     t = _tiny_tables(200)

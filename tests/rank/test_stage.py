@@ -180,6 +180,7 @@ def test_fingerprint_leaves_out_the_fields_a_variant_does_not_read():
     assert fp("qarm", "rank.sim_clusters=7") == fp("qarm") and fp("qarm_dense", "rank.sim_clusters=7") != fp("qarm_dense")
     # a field added later, at its "off" value, leaves the fingerprints of earlier runs as they were
     assert fp("qarm", "rank.embedding_l2=0") == fp("qarm") != fp("qarm", "rank.embedding_l2=1e-5")
+    assert fp("ia_rep", "rank.simulated_cold=0") == fp("ia_rep") != fp("ia_rep", "rank.simulated_cold=0.1")
     # what every variant reads still counts, and so do the seeds and the inputs
     assert fp("ia_rep", "rank.item_id_dropout=0.1") != fp("ia_rep")
     assert fingerprint(base, "ia_rep", 1, "inputs") != fp("ia_rep")
@@ -195,7 +196,8 @@ def test_config_errors_are_clear(tmp_path):
     for bad, match in (("rank.device=gpu", "rank.device.*'gpu'"), ("rank.item_id_dropout=1.5", "rank.item_id_dropout"),
                        ("rank.code_dropout=-0.1", "rank.code_dropout"),
                        ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false"),
-                       ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0")):
+                       ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0"),
+                       ("rank.simulated_cold=1", "rank.simulated_cold: expected a fraction")):
         with pytest.raises(ConfigError, match=match):
             run_train(load_config(CONFIG, [bad]), RunDir(tmp_path))
 
@@ -240,6 +242,38 @@ def test_id_dropout_trains_the_oov_rows(tiny_run):
         moved[rate] = {k: float((saved[k][1] - init[k][1]).norm()) for k in ("item.item_id.weight", "user.weight")}
     for k in moved[0.0]:
         assert moved[0.0][k] < 1e-6 < moved[0.3][k], moved  # untouched without dropout, trained with it
+
+
+def test_simulated_cold_items_read_the_oov_id_everywhere_and_stay_fixed(tiny_run):
+    import torch
+
+    from qarm.rank.stage import load_inputs, simulate_cold
+
+    cfg = load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.simulated_cold=0.2"])
+    inp = load_inputs(cfg.rank, RunDir(tiny_run), 32, cfg.seed)
+    before = inp.tables.index["item_id"].copy()
+    cold = simulate_cold(inp.tables, 0.2, cfg.seed, 0)
+    assert np.array_equal(inp.tables.index["item_id"], before), "the shared tables are not edited"
+    trained = before[:, 0] > 1
+    made = trained & (cold.index["item_id"][:, 0] == 1)
+    assert 0.15 < made.sum() / trained.sum() < 0.25
+    assert np.array_equal(cold.index["item_id"][~made], before[~made])
+    again = simulate_cold(inp.tables, 0.2, cfg.seed, 0).index["item_id"]
+    assert np.array_equal(again, cold.index["item_id"])                       # a fixed draw
+    assert not np.array_equal(simulate_cold(inp.tables, 0.2, cfg.seed, 1).index["item_id"], again)
+    assert simulate_cold(inp.tables, 0.0, cfg.seed, 0) is inp.tables
+    # trained with it, the saved model (what serving and `qarm ablate` read) carries the same ids
+    run_train(cfg, RunDir(tiny_run))
+    saved = torch.load(tiny_run / "rank" / "qarm" / "seed0" / "model.pt", weights_only=True)
+    assert np.array_equal(saved["tables"]["index"]["item_id"].numpy(), cold.index["item_id"])
+    from qarm.rank.ablate import feature_ablation
+
+    rows = feature_ablation(cfg, tiny_run, "qarm")
+    result = json.loads((tiny_run / "rank" / "qarm" / "seed0" / "result.json").read_text())
+    assert rows[0]["test_auc"] == pytest.approx(result["tasks"]["click"]["auc"], abs=1e-9)
+    with pytest.raises(Exception, match="rank.simulated_cold works with rank.vq_table: own only"):
+        run_train(load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.simulated_cold=0.2",
+                                                                   "rank.vq_table=item_id"]), RunDir(tiny_run))
 
 
 def test_qarm_raw_adds_the_codes_to_the_raw_vector_and_serves_new_items_by_content(tiny_run):

@@ -25,7 +25,7 @@ from qarm.errors import QarmError, StageInputError
 from qarm.rank.features import UNKNOWN, FeatureSpec
 from qarm.rank.metrics import auc
 from qarm.rank.model import RankModel
-from qarm.rank.stage import load_inputs
+from qarm.rank.stage import load_inputs, simulate_cold
 from qarm.rank.train import TensorData, predict
 from qarm.runner import RunDir
 
@@ -83,8 +83,9 @@ def feature_ablation(cfg: Config, run_dir: str | Path, variant: str, seed: int |
     rc = replace(cfg.rank, variants=[variant], vq_table=src.get("vq_table", cfg.rank.vq_table),
                  sim_depth=src.get("sim_depth", cfg.rank.sim_depth))
     inp = load_inputs(rc, run, int(cfg.quantize.rq_sizes[0]) if cfg.quantize.rq_sizes else 32, cfg.seed)
+    tables = simulate_cold(inp.tables, float(src.get("simulated_cold", 0.0)), cfg.seed, seed)
     specs = [FeatureSpec(**s) for s in saved["specs"]]
-    model = RankModel(specs, inp.tables, len(tasks), src["att_hidden"], src["dnn_hidden"], src["towers"],
+    model = RankModel(specs, tables, len(tasks), src["att_hidden"], src["dnn_hidden"], src["towers"],
                       src["n_experts"], att_dim=src["dim"])
     model.load_state_dict(saved["state_dict"])
     model.eval()

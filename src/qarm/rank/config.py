@@ -50,6 +50,11 @@ class RankConfig:
     user_id_dropout: float = 0.0    # per event
     drop_private_codes: bool = False  # a row that loses its id loses the codes no other trained item has
                                     # too: it then looks like a held-out item (docs/ranking-ablation.md)
+    # fraction of the trained items made cold for the ranker (a fixed draw from the pipeline and
+    # ranker seeds): their id reads the OOV row (training, evaluation and serving) and their events
+    # never update the code embeddings they read (a stop-gradient), so, like a held-out item, their
+    # codes are shaped by other items only and the ranker learns how far to trust such codes; 0 = off
+    simulated_cold: float = 0.0
     # L2 penalty on the embedding rows a step reads (each unique item row's id and code embeddings,
     # each event's user row), per event and added to the loss: O(batch), sparse tables included,
     # unlike weight_decay (DeepCTR's l2_reg_embedding); 0 = off

@@ -99,6 +99,11 @@ class RankModel(nn.Module):
     tables included. A row read in few batches is shrunk more, relative to its data gradient, than
     a popular one.
 
+    ``detach_idless_codes`` (``rank.simulated_cold``, training only): a row whose id is the OOV row
+    in the table itself (a simulated cold item, not a dropped id) reads its code embeddings through
+    a stop-gradient: its events train the ranker around the codes, never the codes, so its codes
+    are shaped by other items only, as a held-out item's are.
+
     ``drop_private_codes``: a row whose id is dropped also loses its *private* codes (-> OOV), the
     codes no other trained item carries (a unique RQ prefix is an item id under another name).
     A held-out item looks like that: no id, and only codes it shares with trained items (the
@@ -152,6 +157,7 @@ class RankModel(nn.Module):
         self.item_id_dropout = self.user_id_dropout = self.code_dropout = 0.0
         self.drop_private_codes = False
         self.embedding_l2 = 0.0
+        self.detach_idless_codes = False   # rank.simulated_cold: id-less rows do not train their codes
         self.penalty: torch.Tensor | None = None   # the last training forward's embedding L2 term
         self._private: dict[str, torch.Tensor] | None = None   # built on first use (1 byte per code)
         self._private_device: torch.device | None = None
@@ -190,6 +196,9 @@ class RankModel(nn.Module):
         parts = []
         self._sq = None   # sum of squares of the embedding rows read (training with embedding_l2 only)
         id_hit = None    # [U, 1] rows whose id is dropped (drawn first: item_id is the first item feature)
+        idless = None    # [U, 1, 1] rows without an id in the table (simulated cold items), codes detached
+        if self.training and self.detach_idless_codes and "item_id" in feats:
+            idless = (feats["item_id"][:, :1] == UNKNOWN).unsqueeze(-1)
         if self.training and self.item_id_dropout > 0 and "item_id" in feats and feats["item_id"].shape[0]:
             id_hit = self._hit(feats["item_id"], self.item_id_dropout)
         for s in self.item_specs:
@@ -202,6 +211,8 @@ class RankModel(nn.Module):
                 if private is not None and id_hit is not None:
                     idx = torch.where(id_hit[:, :1] & private, torch.full_like(idx, UNKNOWN), idx)
             e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
+            if idless is not None and s.name != "item_id":
+                e = torch.where(idless, e.detach(), e)
             if self.training and self.embedding_l2 > 0:
                 sq = (e * e * (idx > PAD).unsqueeze(-1)).sum()            # padding slots read nothing
                 self._sq = sq if self._sq is None else self._sq + sq

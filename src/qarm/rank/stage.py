@@ -76,6 +76,11 @@ def check_config(rc: RankConfig) -> None:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
     if not isinstance(rc.drop_private_codes, bool):
         raise ConfigError(f"rank.drop_private_codes: expected true or false, got {rc.drop_private_codes!r}")
+    if not isinstance(rc.simulated_cold, (int, float)) or not 0.0 <= rc.simulated_cold < 1.0:
+        raise ConfigError(f"rank.simulated_cold: expected a fraction in [0, 1), got {rc.simulated_cold!r}")
+    if rc.simulated_cold > 0 and rc.vq_table == "item_id":
+        raise ConfigError("rank.simulated_cold works with rank.vq_table: own only (with item_id, a simulated "
+                          "cold item's id row would still be trained as other items' VQ code)")
     if not isinstance(rc.embedding_l2, (int, float)) or not 0.0 <= rc.embedding_l2 < float("inf"):
         raise ConfigError(f"rank.embedding_l2: expected a finite number >= 0, got {rc.embedding_l2!r}")
     if rc.sim_depth < 1:
@@ -140,7 +145,7 @@ DENSE_ONLY_FIELDS = ("sim_clusters",)
 # fields added after runs were made, at the value that means "off" (not merely the default: a
 # default may change, "off" does not): left out there, so the runs made before keep their
 # fingerprint and are reused
-NEW_FIELDS_OFF = {"embedding_l2": 0.0}
+NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0}
 
 
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
@@ -190,12 +195,14 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
     done = read_json(out / "result.json")
     if done and done.get("fingerprint") == fp:
         return done
-    specs = variant_specs(variant, inp.tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
+    tables = simulate_cold(inp.tables, float(rc.simulated_cold), cfg.seed, seed)
+    specs = variant_specs(variant, tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
                           rc.dim, rc.code_dim, rc.count_dim, rc.vq_table)
     torch_seed = _seed_all(cfg, seed)
     device = resolve_device(rc.device, "rank.device")
-    model = RankModel(specs, inp.tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
+    model = RankModel(specs, tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
                       rc.n_experts, att_dim=rc.dim, sparse=bool(rc.sparse_ids))
+    model.detach_idless_codes = rc.simulated_cold > 0
     model.item_id_dropout, model.user_id_dropout = float(rc.item_id_dropout), float(rc.user_id_dropout)
     model.code_dropout, model.drop_private_codes = float(rc.code_dropout), rc.drop_private_codes
     model.embedding_l2 = float(rc.embedding_l2)
@@ -227,7 +234,7 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
                                       "rank_config": dataclasses.asdict(rc),
                                       "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                                       "specs": [dataclasses.asdict(s) for s in specs],
-                                      "tables": tables_state(inp.tables), "user_vocab": torch.from_numpy(inp.user_vocab)})
+                                      "tables": tables_state(tables), "user_vocab": torch.from_numpy(inp.user_vocab)})
         pred = pd.DataFrame({"user_id": np.concatenate([parts[s].user_id for s in ("test", "cold_test")]),
                              "item_id": inp.item_ids[np.concatenate([parts[s].target for s in ("test", "cold_test")]) - 2],
                              "split": np.concatenate([parts[s].split for s in ("test", "cold_test")]).astype(str)})
@@ -241,6 +248,22 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
         dist.broadcast_object_list(box, src=0)
         res = box[0]
     return res
+
+
+def simulate_cold(tables: ItemTables, fraction: float, pipeline_seed: int, rank_seed: int) -> ItemTables:
+    """``tables`` with ``fraction`` of the trained items' id index set to the OOV row (``rank.simulated_cold``):
+    a fixed draw from (pipeline seed, ranker seed), the same for every variant. The tables are
+    shared between variants, so this returns a copy of the item-id index, never edits it."""
+    if fraction <= 0:
+        return tables
+    ids = tables.index["item_id"]
+    trained = np.flatnonzero(ids[:, 0] > UNKNOWN)
+    rng = np.random.default_rng([pipeline_seed, rank_seed, 0xC01D])
+    cold = trained[rng.random(len(trained)) < fraction]
+    index = dict(tables.index)
+    index["item_id"] = ids.copy()
+    index["item_id"][cold] = UNKNOWN
+    return dataclasses.replace(tables, index=index)
 
 
 def tables_state(t: ItemTables) -> dict[str, Any]:
