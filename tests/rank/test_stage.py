@@ -197,7 +197,7 @@ def test_config_errors_are_clear(tmp_path):
                        ("rank.code_dropout=-0.1", "rank.code_dropout"),
                        ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false"),
                        ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0"),
-                       ("rank.simulated_cold=1", "rank.simulated_cold: expected a fraction")):
+                       ("rank.simulated_cold=1", "rank.simulated_cold: expected a rate in \\[0, 1\\)")):
         with pytest.raises(ConfigError, match=match):
             run_train(load_config(CONFIG, [bad]), RunDir(tmp_path))
 
@@ -271,7 +271,9 @@ def test_simulated_cold_items_read_the_oov_id_everywhere_and_stay_fixed(tiny_run
     rows = feature_ablation(cfg, tiny_run, "qarm")
     result = json.loads((tiny_run / "rank" / "qarm" / "seed0" / "result.json").read_text())
     assert rows[0]["test_auc"] == pytest.approx(result["tasks"]["click"]["auc"], abs=1e-9)
-    with pytest.raises(Exception, match="rank.simulated_cold works with rank.vq_table: own only"):
+    from qarm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rank.simulated_cold works with rank.vq_table: own only"):
         run_train(load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.simulated_cold=0.2",
                                                                    "rank.vq_table=item_id"]), RunDir(tiny_run))
 

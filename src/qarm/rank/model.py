@@ -159,6 +159,7 @@ class RankModel(nn.Module):
         self.embedding_l2 = 0.0
         self.detach_idless_codes = False   # rank.simulated_cold: id-less rows do not train their codes
         self.penalty: torch.Tensor | None = None   # the last training forward's embedding L2 term
+        self._sq: torch.Tensor | None = None       # its item part, summed by item_vectors for forward
         self._private: dict[str, torch.Tensor] | None = None   # built on first use (1 byte per code)
         self._private_device: torch.device | None = None
         for emb in [self.user, *self.item.values(), *self.count]:
@@ -194,7 +195,7 @@ class RankModel(nn.Module):
         """[U, D]: each row's id and code embeddings (multi-valued codes pooled) and projected
         dense vectors, concatenated. ``feats`` as ``row_features`` returns."""
         parts = []
-        self._sq = None   # sum of squares of the embedding rows read (training with embedding_l2 only)
+        self._sq = None
         id_hit = None    # [U, 1] rows whose id is dropped (drawn first: item_id is the first item feature)
         idless = None    # [U, 1, 1] rows without an id in the table (simulated cold items), codes detached
         if self.training and self.detach_idless_codes and "item_id" in feats:

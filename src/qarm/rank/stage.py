@@ -70,14 +70,12 @@ def check_config(rc: RankConfig) -> None:
             raise ConfigError(f"rank.{name}: expected >= 1, got {getattr(rc, name)}")
     if rc.sim_history < 0 or rc.patience < 0 or rc.lr <= 0 or rc.sim_clusters < 0:
         raise ConfigError("rank.sim_history, rank.sim_clusters and rank.patience must be >= 0, rank.lr > 0")
-    for name in ("item_id_dropout", "user_id_dropout", "code_dropout"):
+    for name in ("item_id_dropout", "user_id_dropout", "code_dropout", "simulated_cold"):
         rate = getattr(rc, name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
     if not isinstance(rc.drop_private_codes, bool):
         raise ConfigError(f"rank.drop_private_codes: expected true or false, got {rc.drop_private_codes!r}")
-    if not isinstance(rc.simulated_cold, (int, float)) or not 0.0 <= rc.simulated_cold < 1.0:
-        raise ConfigError(f"rank.simulated_cold: expected a fraction in [0, 1), got {rc.simulated_cold!r}")
     if rc.simulated_cold > 0 and rc.vq_table == "item_id":
         raise ConfigError("rank.simulated_cold works with rank.vq_table: own only (with item_id, a simulated "
                           "cold item's id row would still be trained as other items' VQ code)")

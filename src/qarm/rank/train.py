@@ -27,6 +27,7 @@ from qarm.optim import adam_with_sparse_tables
 from qarm.rank.config import RankConfig
 from qarm.rank.features import EventArrays, FeatureSpec
 from qarm.rank.metrics import auc
+from qarm.rank.model import RankModel
 
 
 class TensorData:
@@ -104,7 +105,7 @@ class FitResult:
     resumed_from_epoch: int = 0
 
 
-def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankConfig, seed: int,
+def fit(model: RankModel, train: TensorData, valid: TensorData, cfg: RankConfig, seed: int,
         ckpt_path: Path, fingerprint: str, desc: str = "train") -> FitResult:
     """Train with early stopping on the valid mean AUC; resume from ``ckpt_path`` when its
     fingerprint matches. Returns the best epoch's weights and the training log."""
@@ -130,7 +131,7 @@ def fit(model: torch.nn.Module, train: TensorData, valid: TensorData, cfg: RankC
         for s in bar:
             b = train.batch(perm[s:s + bs][rank::size])
             loss = F.binary_cross_entropy_with_logits(net(b), b["labels"])
-            if getattr(model, "penalty", None) is not None:   # rank.embedding_l2
+            if model.penalty is not None:   # rank.embedding_l2
                 loss = loss + model.penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
