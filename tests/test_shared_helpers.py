@@ -71,3 +71,75 @@ def test_query_cap_bounds_the_scores_of_an_evaluation():
     assert query_cap(0, 1_000_000) == 5_000            # "all" is budgeted too
     assert query_cap(50_000, 1_000_000, max_scores=0) == 50_000 and query_cap(0, 10, 0) == 0
     assert query_cap(7, 10**12) == 1
+
+
+class _SparseNet(torch.nn.Module):
+    """A sparse table every rank reads, a sparse table only rank 0 reads, a dense layer, and a
+    layer no rank uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = torch.nn.Embedding(50, 4, sparse=True)
+        self.rare = torch.nn.Embedding(10, 4, sparse=True)
+        self.out = torch.nn.Linear(4, 1)
+        self.unused = torch.nn.Linear(4, 1)
+
+    def forward(self, rows: torch.Tensor, rare: torch.Tensor | None) -> torch.Tensor:
+        x = self.items(rows)
+        if rare is not None:
+            x = x + self.rare(rare)
+        return self.out(x).square().mean()
+
+
+def _rank_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # different row counts, repeats within a rank and rows shared across ranks
+    if rank == 0:
+        return torch.tensor([1, 2, 2, 7, 40]), torch.tensor([3, 3, 9, 1, 0])
+    return torch.tensor([2, 7, 7, 7, 11, 12, 13, 49]), None
+
+
+def _sync_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from qarm.distributed import data_parallel
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(rank)                        # rank 1 starts from other weights: the broadcast fixes that
+    model = _SparseNet()
+    net, sync = data_parallel(model, torch.device("cpu"))
+    assert net is model                            # sparse tables: no DDP
+    net(*_rank_batch(rank)).backward()
+    sync()
+    torch.save({"state": model.state_dict(),
+                "grads": {n: (p.grad.to_dense() if p.grad is not None and p.grad.is_sparse else p.grad)
+                          for n, p in model.named_parameters()},
+                "sparse": {n: p.grad is not None and p.grad.is_sparse for n, p in model.named_parameters()}},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sparse_and_dense_gradients_average_over_two_gloo_processes(tmp_path):
+    """``data_parallel`` on a model with sparse tables: rank 0's weights everywhere, and after
+    ``sync`` every rank holds the mean of the ranks' gradients (sparse ones still sparse), the
+    same on both; a table only one rank read averages with zeros; a layer nobody used has none."""
+    torch.multiprocessing.spawn(_sync_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    reference = _SparseNet()
+    expected: dict[str, torch.Tensor] = {}
+    for r in range(2):                             # each rank's gradient, one process, from rank 0's weights
+        reference.zero_grad(set_to_none=True)
+        reference(*_rank_batch(r)).backward()
+        for n, p in reference.named_parameters():
+            if p.grad is not None:
+                g = p.grad.to_dense() if p.grad.is_sparse else p.grad
+                expected[n] = expected.get(n, torch.zeros_like(g)) + g / 2
+    for n, t in reference.state_dict().items():
+        assert torch.equal(got[1]["state"][n], t) and torch.equal(got[0]["state"][n], t), n
+    for n in ("items.weight", "rare.weight", "out.weight", "out.bias"):
+        assert torch.equal(got[0]["grads"][n], got[1]["grads"][n]), n
+        torch.testing.assert_close(got[0]["grads"][n], expected[n], rtol=1e-6, atol=1e-7)
+    assert got[0]["sparse"]["items.weight"] and got[1]["sparse"]["rare.weight"]
+    assert not got[0]["sparse"]["out.weight"]
+    assert got[0]["grads"]["unused.weight"] is None and got[1]["grads"]["unused.bias"] is None
+    assert got[1]["grads"]["rare.weight"][3].abs().sum() > 0   # rank 1 never read it, and holds rank 0's half

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -74,3 +75,89 @@ def shard(n: int) -> slice:
     """This rank's contiguous share of ``n`` rows: rank r of w reads rows [r*n//w, (r+1)*n//w)."""
     rank, size = world()
     return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over the process group, dense and sparse alike, with
+    dense collectives only.
+
+    The backends' own sparse all-reduce is not relied on: NCCL's is a prototype (pytorch#22400 is
+    still open) and gloo's aborted one CI run in three here (two CPU ranks, ``rank.sparse_ids``).
+    So a sparse gradient is coalesced, its rows
+    all-gathered (each rank's padded to the largest count) and summed in rank order: O(rows a step
+    touched x world size), never O(table rows). The dense gradients travel as one flat buffer. A
+    parameter with no gradient on any rank keeps none (as after a single-process step); one with a
+    gradient on some ranks only counts as zero on the others. Every rank ends with the same bits.
+    A no-op outside torch.distributed.
+    """
+    _, size = world()
+    if size == 1 or not params:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has)
+    used = [p for p, h in zip(params, has.tolist()) if h]
+    sparse_flags = torch.tensor([p.grad is not None and p.grad.is_sparse for p in used], dtype=torch.int32,
+                                device=device)
+    dist.all_reduce(sparse_flags)   # a table's gradient is sparse on every rank that has one
+    dense = [p for p, s in zip(used, sparse_flags.tolist()) if not s]
+    sparse = [p for p, s in zip(used, sparse_flags.tolist()) if s]
+    for dtype in dict.fromkeys(p.dtype for p in dense):    # one flat buffer per dtype
+        group = [p for p in dense if p.dtype == dtype]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        dist.all_reduce(flat)
+        flat /= size
+        offset = 0
+        for p in group:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+    if sparse:
+        _all_reduce_sparse(sparse, size)
+
+
+def _all_reduce_sparse(params: list[torch.nn.Parameter], size: int) -> None:
+    device = params[0].device
+    grads = [p.grad.coalesce() if p.grad is not None else
+             torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=device),
+                                     p.new_zeros((0, *p.shape[1:])), p.shape).coalesce()
+             for p in params]
+    counts = torch.tensor([g.indices().shape[1] for g in grads], dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(counts) for _ in range(size)]
+    dist.all_gather(gathered, counts)
+    per_rank = torch.stack(gathered).tolist()          # [world][table] rows each rank touched
+    for t, (p, g) in enumerate(zip(params, grads)):
+        most = max(1, max(c[t] for c in per_rank))     # gloo and NCCL want equal, non-empty shapes
+        rows = torch.zeros(most, dtype=torch.int64, device=device)
+        values = p.new_zeros((most, *p.shape[1:]))
+        n = g.indices().shape[1]
+        rows[:n], values[:n] = g.indices()[0], g.values()
+        all_rows = [torch.empty_like(rows) for _ in range(size)]
+        all_values = [torch.empty_like(values) for _ in range(size)]
+        dist.all_gather(all_rows, rows)
+        dist.all_gather(all_values, values)
+        rows = torch.cat([r[:c[t]] for r, c in zip(all_rows, per_rank)])
+        values = torch.cat([v[:c[t]] for v, c in zip(all_values, per_rank)]) / size
+        p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape).coalesce()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False
+                  ) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """Wrap ``model`` for the process group: returns (the module to call, a function to call after
+    ``backward``). Without sparse embeddings: DDP (bucketed all-reduce overlapped with backward)
+    and a no-op. With ``sparse=True`` embeddings: the model itself, its parameters broadcast from
+    rank 0 once, and ``all_reduce_gradients`` after each backward (DDP would send the sparse
+    gradients through the backend's sparse all-reduce). Outside torch.distributed: the model and
+    a no-op."""
+    _, size = world()
+    if size == 1:
+        return model, lambda: None
+    if not any(isinstance(m, torch.nn.Embedding) and m.sparse for m in model.modules()):
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
+        return ddp, lambda: None
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t, src=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, lambda: all_reduce_gradients(params)

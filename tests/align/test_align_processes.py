@@ -62,6 +62,8 @@ def test_two_rank_gloo_ddp_matches_single_process(demo_run, tmp_path):
     ddp = _run(ddp_dir, sets, torchrun=True)
     assert single["world_size"] == 1 and ddp["world_size"] == 2
     assert abs(ddp["final_loss"] - single["final_loss"]) < 1e-4
+    # the learnable temperature lives outside the module: its gradient is averaged over the ranks too
+    assert abs(ddp["temperature"] - single["temperature"]) < 1e-6, (ddp["temperature"], single["temperature"])
     np.testing.assert_allclose(np.load(ddp_dir / "emb_aligned.npy"),
                                np.load(tmp_path / "single" / "emb_aligned.npy"), atol=2e-4)
     manifest = json.loads((ddp_dir / "manifest.json").read_text())

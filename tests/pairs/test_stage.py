@@ -58,6 +58,12 @@ def test_ml100k_metrics(ml_run):
     assert m["u2i_recall@10"] <= m["u2i_recall@50"] <= m["u2i_recall@100"]
     assert m["u2i_recall@50"] > m["popularity_recall@50"]   # the behaviour model beats popularity
     assert "same_business_cluster" not in m                   # no ground truth on real data
+    # the test split: each test user's first test positive, train and valid positives as history
+    assert m["n_test_users"] > 100 and m["n_test_users_scored"] == m["n_test_users"]
+    for model in ("u2i", "popularity"):
+        r = [m[f"{model}_test_recall@{k}"] for k in (10, 50, 100)]
+        assert 0 <= r[0] <= r[1] <= r[2] <= 1, (model, r)
+    assert m["u2i_test_recall@100"] != m["u2i_recall@100"]
 
 
 def test_synthetic_pairs_carry_business_signal_content_misses(pipeline_run):

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from qarm.align.inputs import ItemStore, token_bucket
 from qarm.align.model import AlignModel
+from qarm.distributed import all_reduce_gradients, data_parallel
 from qarm.distributed import world as dist_world
 from qarm.errors import ConfigError
 from qarm.io import save_torch
@@ -164,10 +165,7 @@ class AlignTrainer:
         if tower_params:
             groups.append({"params": tower_params, "lr": self.tower_lr})
         opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
-        net = model
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        net, sync_gradients = data_parallel(model, device, find_unused_parameters=True)
         self.loss_history_: list[float] = []
         start = 0
         if checkpoint is not None and checkpoint.is_file():
@@ -216,6 +214,8 @@ class AlignTrainer:
                     loss = loss + self.content_weight * c * world / (2 * len(batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                sync_gradients()
+                all_reduce_gradients([self.logit_scale_])  # learnable temperature: not a module weight, not DDP's
                 opt.step()
                 total += float(loss.detach()) * float(w.sum()) / world
                 total_w += float(w.sum())

@@ -2,10 +2,10 @@
 
 Flow (each step a Spark job over DataFrames; the driver receives only per-item or per-bucket data):
 
-1. train/valid positives are selected, mapped to catalogue rows (broadcast join) and
+1. train/valid/test positives are selected, mapped to catalogue rows (broadcast join) and
    de-duplicated as ``qarm.pairs.inputs.load_positives`` does, then written as Parquet
-   (``pairs/positives_train.parquet``, ``pairs/positives_valid.parquet``), sorted as the local
-   arrays are. The U2I two-tower trains in PyTorch on what it reads back from that Parquet.
+   (``pairs/positives_<split>.parquet``), sorted as the local arrays are. The U2I two-tower
+   trains in PyTorch on what it reads back from the train file; valid and test measure it.
 2. Triggers: events are grouped into user buckets and each bucket runs the local
    :func:`qarm.pairs.triggers.mine_triggers` in ``applyInPandas`` (a user's window never crosses
    buckets), with the U2I item embeddings broadcast.
@@ -313,7 +313,7 @@ def pairs_spark(cfg: Config, run: "RunDir") -> dict[str, Any]:
 
     from qarm.distributed import resolve_device
     from qarm.pairs.quality import business_agreement
-    from qarm.pairs.stage import SOURCES, _recall, make_u2i
+    from qarm.pairs.stage import SOURCES, make_u2i, u2i_recall
 
     pc = cfg.pairs
     bad = [s for s in pc.sources if s not in SOURCES]
@@ -338,7 +338,7 @@ def pairs_spark(cfg: Config, run: "RunDir") -> dict[str, Any]:
                                  "item_id long, item long")
     out_dir = run.subdir("pairs")
     found = {}
-    for split in ("train", "valid"):
+    for split in ("train", "valid", "test"):
         df, counts = positives(spark, events, rows, pc.label, split, len(items), events_file)
         path = out_dir / f"positives_{split}.parquet"
         # local order of the positive arrays: events order (time, user, item) with duplicates dropped
@@ -347,6 +347,7 @@ def pairs_spark(cfg: Config, run: "RunDir") -> dict[str, Any]:
         step(f"{split} positives")
     train = read_positives(*found["train"])
     valid = read_positives(*found["valid"])
+    test = read_positives(*found["test"])
     metrics: dict = {"n_items": len(items), **train.counts}
 
     # U2I: PyTorch, on the positives Spark wrote (as run_pairs does it)
@@ -356,7 +357,8 @@ def pairs_spark(cfg: Config, run: "RunDir") -> dict[str, Any]:
     emb = u2i.item_embeddings()
     write_npy(out_dir / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
-    metrics.update(_recall(u2i, train, valid, query_cap(pc.eval_max_users, u2i.n_items, pc.eval_max_scores), cfg.seed))
+    metrics.update(u2i_recall(u2i, train, valid, test, query_cap(pc.eval_max_users, u2i.n_items, pc.eval_max_scores),
+                              cfg.seed))
     step("u2i (PyTorch)")
 
     pos = spark.read.parquet(str(found["train"][0].resolve())).persist()

@@ -48,6 +48,7 @@ def run_pairs(cfg: Config, run: RunDir) -> dict:
     items, events = run.items(), read_events(events_file, pc.label)
     train = load_positives(items, events, pc.label, "train", items_file, events_file)
     valid = load_positives(items, events, pc.label, "valid", items_file, events_file)
+    test = load_positives(items, events, pc.label, "test", items_file, events_file)
     del events
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     metrics: dict = {"n_items": len(items), **train.counts}
@@ -63,7 +64,8 @@ def run_pairs(cfg: Config, run: RunDir) -> dict:
     emb = u2i.item_embeddings()
     write_npy(run / "pairs" / "u2i_item_emb.npy", emb)
     metrics["u2i_final_loss"] = float(u2i.loss_history_[-1]) if u2i.loss_history_ else float("nan")
-    metrics.update(_recall(u2i, train, valid, query_cap(pc.eval_max_users, u2i.n_items, pc.eval_max_scores), cfg.seed))
+    metrics.update(u2i_recall(u2i, train, valid, test, query_cap(pc.eval_max_users, u2i.n_items, pc.eval_max_scores),
+                              cfg.seed))
 
     tables = []
     for source in pc.sources:
@@ -127,16 +129,18 @@ def dedupe_unordered(pairs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, max_users: int = 0, seed: int = 0,
-            block: int = 1024) -> dict:
-    """Recall@k of each user's first valid positive over the whole catalogue, two-tower vs popularity.
+            block: int = 1024, split: str = "valid") -> dict:
+    """Recall@k of each user's first ``valid`` positive over the whole catalogue, two-tower vs popularity.
 
-    The user tower sees the user's latest training positives; both rankers exclude the user's
-    training positives (never the target). Users are scored ``block`` at a time: memory is
-    O(block x items), never a users x items matrix; above ``max_users`` valid users a seeded
-    sample of them is scored, so the cost is O(max_users x items), not O(users x items).
+    The user tower sees the user's latest ``train`` positives; both rankers exclude them (never the
+    target). Users are scored ``block`` at a time: memory is O(block x items), never a users x items
+    matrix; above ``max_users`` users a seeded sample of them is scored, so the cost is
+    O(max_users x items), not O(users x items). ``split="test"`` (``train`` then holds the train
+    and valid positives) names the figures ``u2i_test_recall@k``, ``popularity_test_recall@k``.
     """
+    tag = "" if split == "valid" else f"{split}_"
     if len(valid.user) == 0:
-        return {"n_valid_users": 0}
+        return {f"n_{split}_users": 0}
     order = np.lexsort((valid.time, valid.user))
     first = order[np.r_[True, valid.user[order][1:] != valid.user[order][:-1]]]
     n_valid_users = len(first)
@@ -152,7 +156,18 @@ def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, max_users: in
     pop = recall_hits(lambda rows: np.broadcast_to(counts, (rows.stop - rows.start, len(counts))), targets, seen,
                       seen_indptr, RECALL_KS, block)
     n = len(users)
-    out = {"n_valid_users": int(n_valid_users), "n_valid_users_scored": int(n)}
-    out.update({f"u2i_recall@{k}": v / n for k, v in model.items()})
-    out.update({f"popularity_recall@{k}": v / n for k, v in pop.items()})
+    out = {f"n_{split}_users": int(n_valid_users), f"n_{split}_users_scored": int(n)}
+    out.update({f"u2i_{tag}recall@{k}": v / n for k, v in model.items()})
+    out.update({f"popularity_{tag}recall@{k}": v / n for k, v in pop.items()})
+    return out
+
+
+def u2i_recall(u2i: U2IRetriever, train: Positives, valid: Positives, test: Positives, max_users: int,
+               seed: int) -> dict:
+    """The stage's U2I figures: recall of the first valid positive (history: train positives), the
+    split the defaults were tuned on, and of the first test positive (history: train and valid
+    positives), the unbiased check; popularity beside each."""
+    out = _recall(u2i, train, valid, max_users, seed)
+    seen = Positives(*(np.concatenate([getattr(train, a), getattr(valid, a)]) for a in ("user", "item", "time")))
+    out.update(_recall(u2i, seen, test, max_users, seed, split="test"))
     return out

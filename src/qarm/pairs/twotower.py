@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
-from qarm.distributed import check_device, resolve_device, shard, world
+from qarm.distributed import check_device, data_parallel, resolve_device, shard, world
 from qarm.errors import ConfigError
 from qarm.io import save_torch
 from qarm.lookup import IdIndex
@@ -186,9 +186,7 @@ class U2IRetriever(BaseEstimator):
                 prior = np.log(np.maximum(self.item_counts_, 0.5) / max(len(item), 1))
                 self.model_.bias.copy_(torch.from_numpy(prior - prior[self.item_counts_ > 0].mean()
                                                         if (self.item_counts_ > 0).any() else prior).float())
-        net: nn.Module = self.model_
-        if size > 1:
-            net = nn.parallel.DistributedDataParallel(self.model_, device_ids=[dev.index] if dev.type == "cuda" else None)
+        net, sync_gradients = data_parallel(self.model_, dev)
         opt = self._optimizer()
         self.loss_history_, self.epochs_done_ = [], 0
         if checkpoint is not None and Path(checkpoint).exists():
@@ -225,6 +223,7 @@ class U2IRetriever(BaseEstimator):
                                         negs.to(dev) if negs is not None else None, log_q)
                 opt.zero_grad()
                 loss.backward()
+                sync_gradients()
                 opt.step()
                 total, steps = total + loss.item(), steps + 1
             self.loss_history_.append(total / max(steps, 1))

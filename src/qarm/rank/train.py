@@ -2,8 +2,9 @@
 
 Checkpoints each epoch (model, optimiser, early-stopping state); a run killed at any moment resumes
 from the last epoch boundary and ends with the same weights, because each epoch's shuffle is drawn
-from (seed, epoch) and nothing else is random. Under ``torchrun`` the model is wrapped in DDP and
-each rank takes its stripe of every global batch.
+from (seed, epoch) and nothing else is random. Under ``torchrun`` each rank takes its stripe of
+every global batch; the gradients are averaged by DDP, or, with sparse embedding tables, by
+``qarm.distributed.all_reduce_gradients``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from qarm.distributed import world
+from qarm.distributed import data_parallel, world
 from qarm.io import resume_training, save_torch
 from qarm.optim import adam_with_sparse_tables
 from qarm.rank.config import RankConfig
@@ -117,8 +118,7 @@ def fit(model: RankModel, train: TensorData, valid: TensorData, cfg: RankConfig,
                              "train_samples": 0, "train_seconds": 0.0}
     state, resumed = resume_training(ckpt_path, fingerprint, model, opt, state)
     device = next(model.parameters()).device
-    net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-           if size > 1 else model)
+    net, sync_gradients = data_parallel(model, device)
     n, bs = len(train), cfg.batch_size
     while state["epoch"] < cfg.epochs and not (cfg.patience > 0 and state["bad_epochs"] >= cfg.patience):
         epoch = state["epoch"]
@@ -135,6 +135,7 @@ def fit(model: RankModel, train: TensorData, valid: TensorData, cfg: RankConfig,
                 loss = loss + model.penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            sync_gradients()
             opt.step()
             total += loss.detach().item()
             steps += 1
