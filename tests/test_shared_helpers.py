@@ -143,3 +143,37 @@ def test_sparse_and_dense_gradients_average_over_two_gloo_processes(tmp_path):
     assert not got[0]["sparse"]["out.weight"]
     assert got[0]["grads"]["unused.weight"] is None and got[1]["grads"]["unused.bias"] is None
     assert got[1]["grads"]["rare.weight"][3].abs().sum() > 0   # rank 1 never read it, and holds rank 0's half
+
+
+class _TableNet(torch.nn.Module):
+    def __init__(self, fill: float) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+        self.register_buffer("table", torch.full((8, 4), fill), persistent=False)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.table[rows]).mean()
+
+
+def _buffer_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from qarm.distributed import data_parallel
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = _TableNet(float(rank))
+    net, _ = data_parallel(model, torch.device("cpu"))
+    synced = model.table.clone()                       # rank 0's table everywhere after the wrap
+    model.table.fill_(10.0 + rank)                     # a rank-local change: a forward must not undo it
+    net(torch.tensor([0, 3])).backward()
+    torch.save({"synced": synced, "after": model.table.clone()}, f"{out}/buf{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_syncs_buffers_once_not_at_every_forward(tmp_path):
+    """The ranker's buffers are its item tables (O(catalogue)): ``data_parallel``'s DDP copies them
+    from rank 0 once, at the wrap, and never again at a forward."""
+    torch.multiprocessing.spawn(_buffer_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    got = [torch.load(tmp_path / f"buf{r}.pt") for r in range(2)]
+    assert torch.equal(got[1]["synced"], torch.zeros(8, 4))
+    assert torch.equal(got[1]["after"], torch.full((8, 4), 11.0)) and torch.equal(got[0]["after"], torch.full((8, 4), 10.0))
