@@ -156,9 +156,9 @@ def data_parallel(model: torch.nn.Module, device: torch.device, find_unused_para
         return model, lambda: None
     if not any(isinstance(m, torch.nn.Embedding) and m.sparse for m in model.modules()):
         # DDP would otherwise re-send every buffer from rank 0 at each forward, and the ranker's
-        # buffers are its item tables (ids, codes, dense vectors: O(catalogue); 202 ms against
-        # 3.5 ms a step with a 1M x 128 table on 2 gloo ranks). Every buffer here is constant data,
-        # the same on every rank (no BatchNorm trains); the constructor still syncs them once.
+        # buffers are its item tables (ids, codes, dense vectors: O(catalogue); benchmarks/bench_ddp.py).
+        # Every buffer here is constant data, the same on every rank (no BatchNorm trains); the
+        # constructor still syncs them once.
         no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
                            else {"broadcast_buffers": False})     # older torch: only this flag
         ddp = torch.nn.parallel.DistributedDataParallel(
