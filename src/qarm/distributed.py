@@ -73,6 +73,16 @@ def init_distributed(device: torch.device | None = None) -> None:
     dist.init_process_group(backend_for(device))
 
 
+def leave_process_group() -> None:
+    """Every rank: wait for the others, then leave the process group together. Call it where a
+    stage's collective work ends and rank 0 goes on alone: a rank that tears its group down while
+    a peer still holds it can abort in gloo's destructor ("terminate called without an active
+    exception", a CI failure of the 2-process pairs test). A no-op outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(n: int) -> slice:
     """This rank's contiguous share of ``n`` rows: rank r of w reads rows [r*n//w, (r+1)*n//w)."""
     rank, size = world()

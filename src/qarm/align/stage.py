@@ -36,7 +36,7 @@ from qarm.align.inputs import ItemContent, build_store, read_content
 from qarm.align.train import AlignTrainer, configure_towers, embed_rows
 from qarm.blocks import query_cap
 from qarm.config import Config
-from qarm.distributed import check_device, resolve_device, world
+from qarm.distributed import check_device, leave_process_group, resolve_device, world
 from qarm.errors import ConfigError, DataError
 from qarm.io import path_sha256, read_npy, read_parquet, write_npy
 from qarm.lookup import IdIndex
@@ -167,6 +167,7 @@ def run_align(cfg: Config, run: RunDir) -> dict:
     train_s = time.perf_counter() - t1
     if peft_model is not None:
         peft_model.merge_and_unload()  # LoRA folded into the text tower's weights: a plain model to save
+    leave_process_group()   # the collective part ends here; rank 0 embeds, evaluates and writes
     if rank != 0:
         return {}
 

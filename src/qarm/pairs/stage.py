@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from qarm.blocks import block_rows, query_cap
 from qarm.config import Config
-from qarm.distributed import check_device, init_distributed, resolve_device, world
+from qarm.distributed import check_device, init_distributed, leave_process_group, resolve_device, world
 from qarm.errors import ConfigError
 from qarm.io import path_sha256, read_parquet, write_npy, write_parquet
 from qarm.pairs.history import Histories
@@ -58,8 +58,10 @@ def run_pairs(cfg: Config, run: RunDir) -> dict:
     init_distributed(device)  # under torchrun: every rank trains on its shard of each batch (DDP)
     u2i = make_u2i(cfg, len(items), device)
     key = f"{cfg.section_hash(['pairs'])}:{path_sha256(run / 'events.parquet')}"
+    rank = world()[0]
     u2i.fit(train.user, train.item, train.time, checkpoint=run.subdir("pairs") / "u2i_model.pt", checkpoint_key=key)
-    if world()[0] != 0:
+    leave_process_group()   # the collective part ends here
+    if rank != 0:
         return {}  # the other ranks only helped train; rank 0 mines, evaluates and writes
     emb = u2i.item_embeddings()
     write_npy(run / "pairs" / "u2i_item_emb.npy", emb)

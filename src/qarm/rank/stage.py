@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from qarm.config import Config
-from qarm.distributed import check_device, init_distributed, resolve_device, world
+from qarm.distributed import check_device, init_distributed, leave_process_group, resolve_device, world
 from qarm.errors import ConfigError, DataError
 from qarm.io import (
     path_sha256,
@@ -344,6 +344,5 @@ def run_train(cfg: Config, run: Any) -> dict[str, Any]:
         write_json(run.path / "rank" / "summary.json", {"default_variant": default, "seed": rc.seeds[0],
                                                        "variants": list(rc.variants), "seeds": list(rc.seeds),
                                                        "tasks": list(rc.tasks)})
-    if world()[1] > 1:
-        dist.barrier()
+    leave_process_group()
     return metrics
