@@ -94,8 +94,8 @@ def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     dense collectives only.
 
     The backends' own sparse all-reduce is not relied on: NCCL's is a prototype (pytorch#22400 is
-    still open) and gloo's aborted one CI run in three here (two CPU ranks, ``rank.sparse_ids``).
-    So a sparse gradient is coalesced, its rows
+    still open) and gloo's is 8x slower (``benchmarks/bench_ddp.py``; a rank also aborted in that
+    path in one CI run, two CPU ranks, ``rank.sparse_ids``). So a sparse gradient is coalesced, its rows
     all-gathered (each rank's padded to the largest count) and summed in rank order: O(rows a step
     touched x world size), never O(table rows). The dense gradients travel as one flat buffer. A
     parameter with no gradient on any rank keeps none (as after a single-process step); one with a
