@@ -106,14 +106,12 @@ def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     if size == 1 or not params:
         return
     device = params[0].device
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
-    dist.all_reduce(has)
-    used = [p for p, h in zip(params, has.tolist()) if h]
-    sparse_flags = torch.tensor([p.grad is not None and p.grad.is_sparse for p in used], dtype=torch.int32,
-                                device=device)
-    dist.all_reduce(sparse_flags)   # a table's gradient is sparse on every rank that has one
-    dense = [p for p, s in zip(used, sparse_flags.tolist()) if not s]
-    sparse = [p for p, s in zip(used, sparse_flags.tolist()) if s]
+    # per parameter, summed over ranks in one collective: how many have a gradient, how many a sparse one
+    flags = torch.tensor([[p.grad is not None, p.grad is not None and p.grad.is_sparse] for p in params],
+                         dtype=torch.int32, device=device)
+    dist.all_reduce(flags)
+    dense = [p for p, (has, is_sparse) in zip(params, flags.tolist()) if has and not is_sparse]
+    sparse = [p for p, (has, is_sparse) in zip(params, flags.tolist()) if is_sparse]
     for dtype in dict.fromkeys(p.dtype for p in dense):    # one flat buffer per dtype
         group = [p for p in dense if p.dtype == dtype]
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])

@@ -224,10 +224,13 @@ def run_stages(cfg: Config, out: str | Path, stages: Sequence[str] | None = None
     return run.metrics()
 
 
-def distributed_stage_main(name: str, argv: list[str] | None = None, description: str = "") -> int:
-    """``torchrun --nproc_per_node N -m qarm.<name> CONFIG --out RUN [--set k=v] [--force]``.
+def distributed_stage_main(name: str, argv: list[str] | None = None, description: str = "",
+                           module: str | None = None) -> int:
+    """``torchrun --nproc_per_node N -m qarm.<module> CONFIG --out RUN [--set k=v] [--force]``
+    (``module`` defaults to the stage ``name``).
 
-    Every rank joins one process group with the backend that ``<name>.device`` calls for
+    Every rank joins one process group with the backend that the stage's config section's
+    ``device`` calls for
     (``qarm.distributed``). Rank 0 runs the stage through the runner (manifest, metrics,
     artifacts); the other ranks run the stage function alongside it, training on their shard of
     every batch. Without torchrun (no ``WORLD_SIZE``) this is the plain stage. Returns the exit code.
@@ -240,7 +243,7 @@ def distributed_stage_main(name: str, argv: list[str] | None = None, description
     from qarm.config import load_config
     from qarm.distributed import init_distributed, resolve_device, world
 
-    parser = argparse.ArgumentParser(prog=f"python -m qarm.{name}", description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m qarm.{module or name}", description=description)
     parser.add_argument("config")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -249,7 +252,8 @@ def distributed_stage_main(name: str, argv: list[str] | None = None, description
     stage = STAGE_BY_NAME[name]
     try:
         cfg = load_config(args.config, args.overrides)
-        init_distributed(resolve_device(getattr(cfg, name).device, f"{name}.device"))
+        section = stage.sections[0]     # the stage's own section: pairs, align, rank
+        init_distributed(resolve_device(getattr(cfg, section).device, f"{section}.device"))
         rank, size = world()
         # every rank must agree on skipping, or the others would wait for a rank 0 that never trains
         skip = [rank == 0 and not args.force and is_fresh(cfg, RunDir(args.out), stage)]
@@ -264,7 +268,7 @@ def distributed_stage_main(name: str, argv: list[str] | None = None, description
             stage.load()(cfg, RunDir(args.out))
         return 0
     except QarmError as exc:
-        print(f"qarm {name}: error: {exc}", file=sys.stderr)
+        print(f"qarm.{module or name}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -130,35 +130,36 @@ def dedupe_unordered(pairs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return out.drop(columns=["_src", "_lo", "_hi"]).reset_index(drop=True), int(len(pairs) - len(out))
 
 
-def _recall(u2i: U2IRetriever, train: Positives, valid: Positives, max_users: int = 0, seed: int = 0,
+def _recall(u2i: U2IRetriever, history: Positives, targets: Positives, max_users: int = 0, seed: int = 0,
             block: int = 1024, split: str = "valid") -> dict:
-    """Recall@k of each user's first ``valid`` positive over the whole catalogue, two-tower vs popularity.
+    """Recall@k of each user's first positive in ``targets`` over the whole catalogue, two-tower vs
+    popularity.
 
-    The user tower sees the user's latest ``train`` positives; both rankers exclude them (never the
+    The user tower sees the user's latest ``history`` positives; both rankers exclude them (never the
     target). Users are scored ``block`` at a time: memory is O(block x items), never a users x items
     matrix; above ``max_users`` users a seeded sample of them is scored, so the cost is
-    O(max_users x items), not O(users x items). ``split="test"`` (``train`` then holds the train
-    and valid positives) names the figures ``u2i_test_recall@k``, ``popularity_test_recall@k``.
+    O(max_users x items), not O(users x items). ``split`` names the figures: ``u2i_recall@k`` for
+    valid, else ``u2i_test_recall@k``, ``popularity_test_recall@k``.
     """
     tag = "" if split == "valid" else f"{split}_"
-    if len(valid.user) == 0:
+    if len(targets.user) == 0:
         return {f"n_{split}_users": 0}
-    order = np.lexsort((valid.time, valid.user))
-    first = order[np.r_[True, valid.user[order][1:] != valid.user[order][:-1]]]
-    n_valid_users = len(first)
+    order = np.lexsort((targets.time, targets.user))
+    first = order[np.r_[True, targets.user[order][1:] != targets.user[order][:-1]]]
+    n_users = len(first)
     first = first[sample_rows(len(first), max_users, seed)]
-    users, targets = valid.user[first], valid.item[first]
-    hist = Histories.build(train.user, train.item, train.time, u2i.history)
+    users, target_items = targets.user[first], targets.item[first]
+    hist = Histories.build(history.user, history.item, history.time, u2i.history)
     seen, seen_indptr = hist.seen(users)
     score = u2i.scorer()
     block = block_rows(u2i.n_items, block)      # a block of scores is O(cells) whatever the catalogue
-    model = recall_hits(lambda rows: score(users[rows], hist.latest(users[rows])), targets, seen, seen_indptr,
+    model = recall_hits(lambda rows: score(users[rows], hist.latest(users[rows])), target_items, seen, seen_indptr,
                         RECALL_KS, block)
     counts = u2i.item_counts_.astype(np.float32)
-    pop = recall_hits(lambda rows: np.broadcast_to(counts, (rows.stop - rows.start, len(counts))), targets, seen,
+    pop = recall_hits(lambda rows: np.broadcast_to(counts, (rows.stop - rows.start, len(counts))), target_items, seen,
                       seen_indptr, RECALL_KS, block)
     n = len(users)
-    out = {f"n_{split}_users": int(n_valid_users), f"n_{split}_users_scored": int(n)}
+    out = {f"n_{split}_users": int(n_users), f"n_{split}_users_scored": int(n)}
     out.update({f"u2i_{tag}recall@{k}": v / n for k, v in model.items()})
     out.update({f"popularity_{tag}recall@{k}": v / n for k, v in pop.items()})
     return out
