@@ -283,6 +283,28 @@ def test_diff_table_pairs_variants_by_pipeline_seed(capsys):
     assert "click cold AUC − `frozen_mm`" in capsys.readouterr().out
 
 
+def test_buckets_table_against_a_variant_pairs_each_bucket_by_seed(capsys):
+    """The committed movielens-1m-subset study: per-bucket differences against ia_rep, by hand."""
+    from qarm.report.results import render_table
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "ml1m-subset-study.json")
+    data = load_results(path)
+    text = render_table(data, "buckets", against="ia_rep")
+    header = text.splitlines()[0]
+    assert header.startswith("| variant | click AUC 0 − `ia_rep` | click AUC 1-4 − `ia_rep` |")
+    b = data["buckets"]
+    d = np.subtract(b["qarm"]["click"]["1-4"]["values"], b["ia_rep"]["click"]["1-4"]["values"])
+    row = next(r for r in text.splitlines() if r.startswith("| `qarm` |"))
+    assert row.split(" | ")[2] == f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} ({int((d > 0).sum())}/3)"
+    assert "| `ia_rep` |" not in text
+    with pytest.raises(QarmError, match="reference variant 'sasrec'"):
+        render_table(data, "buckets", against="sasrec")
+    with pytest.raises(QarmError, match="needs a study"):
+        render_table({"kind": "run", "rank": {"buckets": b}}, "buckets", against="ia_rep")
+    assert main(["results", path, "--table", "buckets", "--against", "ia_rep"]) == 0
+    assert "click AUC 100+ − `ia_rep`" in capsys.readouterr().out
+
+
 def test_diff_table_of_a_grid_has_a_row_per_point_and_variant():
     from qarm.report.results import diff_table
 

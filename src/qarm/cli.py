@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "ablate (a qarm ablate --json file)")
     p.add_argument("--task", default=None, help="with --table rank, buckets, grid or diff: the task (label column)")
     p.add_argument("--against", default=None, help="with --table diff: the reference variant (default ia_rep, "
-                                                    "else frozen_mm, else id, else the first)")
+                                                    "else frozen_mm, else id, else the first); with --table "
+                                                    "buckets: per-bucket differences against this variant")
     p.add_argument("--variants", default=None, help="with --table grid: comma-separated variants to show")
     p.add_argument("--stage", default=None, help="with --table grid: show every figure of this stage (pairs, align, "
                                                   "quantize) instead of the default three")

@@ -245,3 +245,24 @@ def test_sim_depth_groups_the_hard_search_by_a_deeper_prefix(built):
     assert tables_from_state(tables_state(t)).sim_depth == 2 and t.take(np.array([5])).sim_depth == 2
     with pytest.raises(ConfigError, match="sim_depth"):
         build_item_tables(items, codes, {}, sim_depth=4)
+
+
+def test_code_content_is_asked_for_and_checked(built):
+    """``variant_specs(code_content=True)`` needs tables built with the codes' embedding; the
+    embedding must have one finite row per item; a local serving table keeps the vectors."""
+    items, _, codes, t, _, _ = built
+    with pytest.raises(DataError, match="rank.code_content needs the codes' content vectors for 'vq'"):
+        variant_specs("qarm", t, 100, 50, 20, 16, 8, 4, code_content=True)
+    emb = np.ones((len(items), 3), np.float32)
+    with_content = build_item_tables(items, codes, {}, code_content=emb)
+    specs = variant_specs("qarm", with_content, 100, 50, 20, 16, 8, 4, code_content=True)
+    assert {s.name: s.content for s in specs if s.kind == "item"} == {
+        "item_id": 0, "vq": 3, "rq_l1": 3, "rq_l2": 3, "rq_l3": 3, "rq_p2": 3, "rq_p3": 3}
+    # every trained code's members all hold the ones row, so its mean is 1; PAD / OOV stay 0
+    assert (with_content.content["vq"][2:] == 1).all() and not with_content.content["vq"][:2].any()
+    assert with_content.take(np.array([3])).content is with_content.content
+    with pytest.raises(DataError, match=r"code content: expected float32 \[\d+, d\]"):
+        build_item_tables(items, codes, {}, code_content=emb[1:])
+    emb[4, 1] = np.nan
+    with pytest.raises(DataError, match="code content: row\\(s\\) hold NaN or inf, first item_id"):
+        build_item_tables(items, codes, {}, code_content=emb)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -80,6 +81,37 @@ def _code_tables(n_items: int = 3000, k: int = 4, depth: int = 3, d_dense: int =
         t.vocab[f"rq_p{d}"] = 30
     t.index["vq"][0] = t.index["rq_l1"][0] = 0
     return t
+
+
+def test_a_code_with_content_is_its_row_plus_the_projected_content_vector():
+    """``FeatureSpec.content``: e(code) = row(code) + W content(code); OOV / PAD content is 0, the
+    content vectors are frozen data and the projection trains."""
+    torch.manual_seed(0)
+    t = _code_tables()
+    rng = np.random.default_rng(3)
+    t.content = {"vq": rng.normal(size=(40, 5)).astype(np.float32), "rq_l1": rng.normal(size=(9, 5)).astype(np.float32)}
+    t.content["vq"][:2] = t.content["rq_l1"][:2] = 0.0
+    specs = [FeatureSpec("user_id", "user", 10, 4), FeatureSpec("item_id", "item", t.vocab["item_id"], 4),
+             FeatureSpec("vq", "item", 40, 4, "mean", 4, content=5), FeatureSpec("rq_l1", "item", 9, 3, content=5),
+             FeatureSpec("rq_l2", "item", 9, 3), FeatureSpec("history", "sequence", 5, 0)]
+    model = RankModel(specs, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[16, 8], att_dim=4)
+    assert not any(k.startswith("content_") and "proj" not in k for k in model.state_dict())
+    rows = torch.tensor([0, 1, 2, 7, 3001])
+    feats = model.row_features(rows)
+    got = model.item_vectors(feats)
+    w_vq, w_l1 = model.content_proj["vq"].weight, model.content_proj["rq_l1"].weight
+    vq_idx, l1_idx = feats["vq"], feats["rq_l1"][:, 0]
+    keep = (vq_idx > 0).unsqueeze(-1).float()
+    vq_rows = model.item["vq"].weight[vq_idx] + torch.from_numpy(t.content["vq"])[vq_idx] @ w_vq.T
+    want = torch.cat([model.item["item_id"].weight[feats["item_id"][:, 0]],
+                      (vq_rows * keep).sum(1) / keep.sum(1).clamp(min=1),
+                      model.item["rq_l1"].weight[l1_idx] + torch.from_numpy(t.content["rq_l1"])[l1_idx] @ w_l1.T,
+                      model.item["rq_l2"].weight[feats["rq_l2"][:, 0]]], 1)
+    assert torch.allclose(got, want, atol=1e-6)
+    grad = torch.autograd.grad(got.sum(), [w_vq, w_l1])
+    assert all(g.abs().sum() > 0 for g in grad)
+    with pytest.raises(ValueError, match="content vectors of shape"):
+        RankModel([*specs[:3], FeatureSpec("rq_l1", "item", 9, 3, content=6), *specs[4:]], t, 1, [8, 4], [16, 8])
 
 
 def _reference_logits(model: RankModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:

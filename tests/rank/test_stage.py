@@ -196,6 +196,7 @@ def test_config_errors_are_clear(tmp_path):
     for bad, match in (("rank.device=gpu", "rank.device.*'gpu'"), ("rank.item_id_dropout=1.5", "rank.item_id_dropout"),
                        ("rank.code_dropout=-0.1", "rank.code_dropout"),
                        ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false"),
+                       ("rank.code_content=2", "rank.code_content: expected true or false"),
                        ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0"),
                        ("rank.simulated_cold=1", "rank.simulated_cold: expected a rate in \\[0, 1\\)")):
         with pytest.raises(ConfigError, match=match):
@@ -281,23 +282,71 @@ def test_simulated_cold_items_read_the_oov_id_everywhere_and_stay_fixed(tiny_run
 def test_qarm_raw_adds_the_codes_to_the_raw_vector_and_serves_new_items_by_content(tiny_run):
     """``qarm_raw`` (the paper's production ranker: the cached raw vector it had, plus the codes)
     reads the raw embedding and the codes; an item sent by content scores as its offline row."""
-    from qarm.io import read_npy, read_parquet
-    from qarm.rank.predict import ItemContent
-    from qarm.rank.stage import load_inputs
-
     cfg = load_config(CONFIG, tiny_overrides("qarm_raw", 1))
     res = run_train(cfg, RunDir(tiny_run))
     # one epoch on a twentieth of the users: a figure, not a quality check (the studies measure that)
     assert 0.0 < res["variants"]["qarm_raw"]["click"]["auc"]["mean"] < 1.0
     ranker = load_ranker(tiny_run, "qarm_raw", 0)
     assert ranker.needs_dense == {"emb_raw.npy"} and ranker.needs_codes
+    _assert_served_as_offline(cfg, tiny_run, "qarm_raw", ["emb_raw.npy"])
+
+
+def test_code_content_backs_each_code_with_its_items_mean_and_serves_as_offline(tiny_run):
+    """``rank.code_content``: each code's content vector is the mean aligned embedding of the
+    trained items that carry it; its projection trains; online scores (cold items sent by their
+    codes) equal the offline predictions."""
+    import torch
+
+    from qarm.errors import StageInputError
+    from qarm.io import read_npy
+    from qarm.rank.stage import load_inputs
+
+    cfg = load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.code_content=true"])
+    with pytest.raises(StageInputError, match="quant/quantize.json is missing"):
+        load_inputs(cfg.rank, RunDir(tiny_run), 32, cfg.seed)   # which embedding the codes came from
+    (tiny_run / "quant").mkdir()
+    (tiny_run / "quant" / "quantize.json").write_text(json.dumps({"embedding": "emb_aligned.npy"}))
     inp = load_inputs(cfg.rank, RunDir(tiny_run), cfg.quantize.rq_sizes[0], cfg.seed)
+    t, emb = inp.tables, read_npy(tiny_run / "emb_aligned.npy")
+    plain = load_inputs(load_config(CONFIG, tiny_overrides("qarm", 1)).rank, RunDir(tiny_run), 32, cfg.seed)
+    # the content files enter the code variants' input hash only: ia_rep & co. keep their runs
+    assert inp.input_hash == plain.input_hash == plain.code_input_hash != inp.code_input_hash
+    trained = t.index["item_id"][2:, 0] > 1
+    for name in ("vq", "rq_l1", "rq_l2", "rq_p3"):
+        content, idx = t.content[name], t.index[name][2:]
+        assert content.shape == (t.vocab[name], emb.shape[1]) and not content[:2].any()   # PAD, OOV: 0
+        for code in np.random.default_rng(0).choice(np.arange(2, t.vocab[name]), 5, replace=False):
+            members = trained & (idx == code).any(1)
+            assert members.any()   # every vocabulary code has a trained item: the compaction's rule
+            assert np.allclose(content[code], emb[members].astype(np.float64).mean(0), atol=1e-6)
+    res = run_train(cfg, RunDir(tiny_run))
+    assert 0.0 < res["variants"]["qarm"]["click"]["auc"]["mean"] < 1.0
+    saved = torch.load(tiny_run / "rank" / "qarm" / "seed0" / "model.pt", weights_only=True)
+    assert {s["name"]: s["content"] for s in saved["specs"] if s["content"]} == {
+        n: emb.shape[1] for n in ("vq", "rq_l1", "rq_l2", "rq_l3", "rq_p2", "rq_p3")}
+    assert saved["state_dict"]["content_proj.vq.weight"].abs().sum() > 0
+    assert not any(k.startswith("content_") and not k.startswith("content_proj") for k in saved["state_dict"])
+    _assert_served_as_offline(cfg, tiny_run, "qarm", [])
+    # a fingerprint of its own: runs without it are not reused for it, and it is not a dense field
+    assert fingerprint(cfg, "qarm", 0, "h") != fingerprint(load_config(CONFIG, tiny_overrides("qarm", 1)), "qarm", 0, "h")
+    assert fingerprint(cfg, "ia_rep", 0, "h") == fingerprint(load_config(CONFIG, tiny_overrides("qarm", 1)), "ia_rep", 0, "h")
+
+
+def _assert_served_as_offline(cfg, run_dir: Path, variant: str, dense_files: list[str]) -> None:
+    """Scores of ``load_ranker`` for 5 warm test and 5 held-out cold events (sent by content: codes
+    and ``dense_files``) equal the variant's predictions.parquet to 1e-6."""
+    from qarm.io import read_npy, read_parquet
+    from qarm.rank.predict import ItemContent
+    from qarm.rank.stage import load_inputs
+
+    ranker = load_ranker(run_dir, variant, 0)
+    inp = load_inputs(cfg.rank, RunDir(run_dir), cfg.quantize.rq_sizes[0], cfg.seed)
     ev = inp.events
-    pred = pd.read_parquet(tiny_run / "rank" / "qarm_raw" / "seed0" / "predictions.parquet")
+    pred = pd.read_parquet(run_dir / "rank" / variant / "seed0" / "predictions.parquet")
     sel = np.flatnonzero(np.isin(ev.split, ["test", "cold_test"]))
     order = np.r_[sel[ev.split[sel] == "test"], sel[ev.split[sel] == "cold_test"]]
-    codes = read_parquet(tiny_run / "codes.parquet").set_index("item_id")
-    raw = read_npy(tiny_run / "emb_raw.npy")
+    codes = read_parquet(run_dir / "codes.parquet").set_index("item_id")
+    dense = {name: read_npy(run_dir / name) for name in dense_files}
     n_test = int((ev.split[sel] == "test").sum())
     assert 0 < n_test < len(order)  # both warm test and held-out cold_test events
     rng = np.random.default_rng(0)
@@ -305,6 +354,7 @@ def test_qarm_raw_adds_the_codes_to_the_raw_vector_and_serves_new_items_by_conte
         e = order[j]
         hist = inp.item_ids[ev.hist.values[ev.hist.start[e]:ev.hist.end[e]] - 2].tolist()
         item, user = int(inp.item_ids[ev.target[e] - 2]), int(ev.user_id[e])
-        content = ItemContent(codes.loc[item, "vq"], codes.loc[item, "rq"], {"emb_raw.npy": raw[ev.target[e] - 2]})
+        content = ItemContent(codes.loc[item, "vq"], codes.loc[item, "rq"],
+                              {name: x[ev.target[e] - 2] for name, x in dense.items()})
         got = ranker.score(hist, [item], user_id=user, extra_items=None if ev.split[e] == "test" else {item: content})
         assert abs(float(got["click"][0]) - float(pred["p_click"].iloc[j])) < 1e-6, (j, ev.split[e])

@@ -66,3 +66,8 @@ class RankConfig:
     # a code) or "item_id" (code c = pool item c's row of the item-id table, so a cold item's bag
     # is the mean of its nearest warm items' trained id embeddings; docs/ranking-ablation.md)
     vq_table: str = "own"
+    # code content: each code is embedded as its trainable row plus a trained projection (one per
+    # code feature) of the mean embedding of the trained items that carry it (the embedding the
+    # codes were quantised from), so part of what codes learn is a map from content to score that
+    # a cold item's codes read too (docs/ranking-ablation.md); VQ bag (own table) and RQ features
+    code_content: bool = False

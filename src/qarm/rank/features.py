@@ -58,7 +58,10 @@ class FeatureSpec:
     (frozen per-item float vector of size ``vocab``, projected to ``dim``, part of the item vector),
     ``sequence`` (per event item rows attended by its own DIN unit). ``table``: the embedding
     table an ``item`` feature reads, as torchrec's shared tables ("" = its own, named after the
-    feature; ``"item_id"`` for the VQ bag of ``rank.vq_table: item_id``)."""
+    feature; ``"item_id"`` for the VQ bag of ``rank.vq_table: item_id``). ``content``: for a code
+    feature of ``rank.code_content``, the size of each code's content vector (the mean embedding
+    of the trained items that carry the code, ``ItemTables.content``), projected and added to the
+    code's trainable row; 0 = none."""
 
     name: str
     kind: Literal["user", "item", "count", "dense", "sequence"]
@@ -67,6 +70,7 @@ class FeatureSpec:
     pooling: Literal["none", "mean", "sum"] = "none"
     width: int = 1
     table: str = ""
+    content: int = 0
 
 
 def _compact(keys: np.ndarray, trained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +129,9 @@ class ItemTables:
     pool position (PAD where that pool item has no train event); vq: int64 [R, K] raw VQ pool positions, rq: int64 [R, L] raw RQ
     codes (-1 in the PAD/UNKNOWN rows; None without codes), rq_bits: bits per level of the prefix
     keys; sim_depth: the RQ prefix depth that groups the code variants' SIM hard search; cluster: dense name -> int64 [R] SIM cluster (-1 in PAD/UNKNOWN), centroids: dense name ->
-    float32 [k, d] in unit-vector space; cos_edges: dense name -> float32 [J] cosine thresholds.
+    float32 [k, d] in unit-vector space; cos_edges: dense name -> float32 [J] cosine thresholds;
+    content: code feature -> float32 [vocab, d] each code's content vector (``code_content``; one
+    row per vocabulary index, not per item, so local tables and new items share it).
     """
 
     item_ids: np.ndarray
@@ -140,6 +146,7 @@ class ItemTables:
     cluster: dict[str, np.ndarray] = field(default_factory=dict)
     centroids: dict[str, np.ndarray] = field(default_factory=dict)
     cos_edges: dict[str, np.ndarray] = field(default_factory=dict)
+    content: dict[str, np.ndarray] = field(default_factory=dict)
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Item ids int64 [n] -> item rows int64 [n] (UNKNOWN for ids outside the catalogue)."""
@@ -162,8 +169,7 @@ class ItemTables:
         return ItemTables(item_ids=np.zeros(0, np.int64), index=per_row["index"], dense=per_row["dense"],
                           vocab=dict(self.vocab), keys=self.keys, vq=raw.get("vq"), rq=raw.get("rq"),
                           rq_bits=self.rq_bits, sim_depth=self.sim_depth, cluster=per_row["cluster"],
-                          centroids=self.centroids,
-                          cos_edges=self.cos_edges)
+                          centroids=self.centroids, cos_edges=self.cos_edges, content=self.content)
 
     def take(self, rows: np.ndarray) -> ItemTables:
         """A local table: PAD, UNKNOWN, then ``rows`` int64 [U] of this table (local row 2 + j =
@@ -217,7 +223,7 @@ def nearest_centroid(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: dict[str, np.ndarray],
                       sim_clusters: int = 32, seed: int = 0, vq_pool_ids: np.ndarray | None = None,
-                      sim_depth: int = 1) -> ItemTables:
+                      sim_depth: int = 1, code_content: np.ndarray | None = None) -> ItemTables:
     """Item tables from items.parquet, codes.parquet and the dense embeddings (items order).
 
     items: sorted by item_id, with ``train_count``; codes: ``item_id``, ``vq`` list [K], ``rq`` list [L];
@@ -226,7 +232,9 @@ def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: di
     vq_pool_ids: int64 [pool] the item id of each VQ pool position (``quant/vq_pool_ids.npy``), which
     adds the ``vq_item`` index (each VQ code as its pool item's id index, for ``rank.vq_table: item_id``);
     sim_depth: the RQ prefix depth (1 = the level-1 code) whose groups the code variants' SIM hard
-    search keeps. Raises DataError on NaN/inf, wrong shapes, missing codes, a depth beyond the levels.
+    search keeps; code_content: float32 [n_items, d] the embedding the codes were quantised from,
+    which adds ``ItemTables.content`` (``rank.code_content``). Raises DataError on NaN/inf, wrong
+    shapes, missing codes, a depth beyond the levels.
     """
     item_ids = items["item_id"].to_numpy(np.int64)
     n = len(item_ids)
@@ -256,7 +264,47 @@ def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: di
         t.sim_depth = int(sim_depth)
         if vq_pool_ids is not None:
             _add_vq_item(t, np.asarray(vq_pool_ids, np.int64))
+        if code_content is not None:
+            _add_code_content(t, code_content, trained)
     return t
+
+
+CONTENT_FEATURES = ("vq", "rq_l", "rq_p")   # the code features a content vector can back (name prefixes)
+
+
+def _add_code_content(t: ItemTables, emb: np.ndarray, trained: np.ndarray) -> None:
+    """Each code's content vector: the mean of ``emb`` over the trained items that carry the code.
+
+    A code is then embedded as its trainable row plus a trained projection of this vector
+    (``rank.code_content``): the projection is shared by all codes of a feature, so what a code
+    learns from its items' events partly lives in a map from content to score, which a cold
+    item's codes read too, instead of only in rows that can memorise their items. The PAD and OOV
+    rows stay 0 (a dropped or unseen code adds nothing). Only trained items count, as for the
+    vocabulary itself. Float64 sums, in item order: the same bytes for the same inputs.
+    emb: float32 [n_items, d] (items.parquet order); trained: bool [R] (the padded rows)."""
+    emb = np.asarray(emb)
+    n = len(t.item_ids)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise DataError(f"code content: expected float32 [{n}, d] (one row per items.parquet row), got shape "
+                        f"{emb.shape}", file="code content embedding")
+    if not np.isfinite(emb).all():
+        r = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+        raise DataError(f"code content: row(s) hold NaN or inf, first item_id {int(t.item_ids[r])}",
+                        file="code content embedding", row=r)
+    x = emb.astype(np.float64)[trained[2:]]
+    for name, idx in t.index.items():
+        if not name.startswith(CONTENT_FEATURES):
+            continue
+        codes = idx[2:][trained[2:]]                                  # [m, w] vocabulary indices
+        sums = np.zeros((t.vocab[name], emb.shape[1]), np.float64)
+        for j in range(codes.shape[1]):                               # one column of the bag at a time: O(m d)
+            order = np.argsort(codes[:, j], kind="stable")
+            keys, starts = np.unique(codes[order, j], return_index=True)
+            sums[keys] += np.add.reduceat(x[order], starts, axis=0)
+        counts = np.bincount(codes.reshape(-1), minlength=t.vocab[name])[:, None]
+        content = (sums / np.maximum(counts, 1)).astype(np.float32)
+        content[[PAD, UNKNOWN]] = 0.0
+        t.content[name] = content
 
 
 def vq_item_index(code_to_id: np.ndarray, vq: np.ndarray) -> np.ndarray:
@@ -359,7 +407,8 @@ def sim_name(source: str) -> str:
 
 
 def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_history: int,
-                  dim: int, code_dim: int, count_dim: int, vq_table: str = "own") -> list[FeatureSpec]:
+                  dim: int, code_dim: int, count_dim: int, vq_table: str = "own",
+                  code_content: bool = False) -> list[FeatureSpec]:
     """The features of one ablation variant, built from the run's item tables.
 
     One skeleton for all: user id, item vector (id embedding ++ the variant's item representation)
@@ -367,7 +416,8 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
     Only the item representation (and so what SIM groups by and what the counts compare) differs.
     ``vq_table``: ``own`` (the VQ bag has its own table, a row per pool item used as a code) or
     ``item_id`` (code c reads pool item c's row of the item-id table: the bag is the mean of the
-    item's nearest pool items' id embeddings).
+    item's nearest pool items' id embeddings). ``code_content``: the VQ bag (its own table) and
+    the RQ levels and prefixes also read their codes' content vectors (``ItemTables.content``).
     """
     if variant not in VARIANTS:
         raise ConfigError(f"rank.variants: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -384,14 +434,15 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
             specs.append(FeatureSpec("vq_item", "item", t.vocab["item_id"], dim, "mean", t.index["vq_item"].shape[1],
                                      table="item_id"))
         elif vq_table == "own":
-            specs.append(FeatureSpec("vq", "item", t.vocab["vq"], dim, "mean", t.index["vq"].shape[1]))
+            specs.append(FeatureSpec("vq", "item", t.vocab["vq"], dim, "mean", t.index["vq"].shape[1],
+                                     content=_content_dim(t, "vq", code_content)))
         else:
             raise ConfigError(f"rank.vq_table: expected one of {VQ_TABLES}, got {vq_table!r}")
         specs += [FeatureSpec(c, "count", n_buckets, count_dim) for c in ("vq_overlap_items", "vq_overlap_codes")]
     if variant in RQ_VARIANTS:
         depth = t.rq.shape[1]
-        specs += [FeatureSpec(f"rq_l{d}", "item", t.vocab[f"rq_l{d}"], code_dim) for d in range(1, depth + 1)]
-        specs += [FeatureSpec(f"rq_p{d}", "item", t.vocab[f"rq_p{d}"], code_dim) for d in range(2, depth + 1)]
+        specs += [FeatureSpec(name, "item", t.vocab[name], code_dim, content=_content_dim(t, name, code_content))
+                  for name in [f"rq_l{d}" for d in range(1, depth + 1)] + [f"rq_p{d}" for d in range(2, depth + 1)]]
         specs += [FeatureSpec(f"rq_match_{d}", "count", n_buckets, count_dim) for d in range(1, depth + 1)]
     dense = DENSE_OF.get(variant)
     if dense:
@@ -404,6 +455,15 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
     if source == "rq" or (source is not None and source in t.cluster):
         specs.append(FeatureSpec(sim_name(source), "sequence", sim_history, 0))
     return specs
+
+
+def _content_dim(t: ItemTables, name: str, wanted: bool) -> int:
+    if not wanted:
+        return 0
+    if name not in t.content:
+        raise DataError(f"rank.code_content needs the codes' content vectors for {name!r}: build the item tables "
+                        f"with the embedding the codes were quantised from", file="codes.parquet")
+    return int(t.content[name].shape[1])
 
 
 def bucketize(counts: np.ndarray) -> np.ndarray:

@@ -137,6 +137,17 @@ class RankModel(nn.Module):
         for s in self.item_specs:
             idx = torch.as_tensor(tables.index[s.name]).reshape(tables.n_rows, -1)
             self.register_buffer(f"idx_{s.name}", idx, persistent=False)
+        # code content (rank.code_content): a code's embedding = its row + content_proj(its content
+        # vector); the vectors are data (per vocabulary index, frozen), the projections weights
+        self.content_proj = nn.ModuleDict()
+        for s in self.item_specs:
+            if s.content:
+                vec = torch.as_tensor(tables.content[s.name])
+                if vec.shape != (s.vocab, s.content):
+                    raise ValueError(f"feature {s.name!r}: content vectors of shape {tuple(vec.shape)}, "
+                                     f"expected ({s.vocab}, {s.content})")
+                self.register_buffer(f"content_{s.name}", vec, persistent=False)
+                self.content_proj[s.name] = nn.Linear(s.content, s.dim, bias=False)
         for i, s in enumerate(self.dense_specs):
             self.register_buffer(f"dense_{i}", torch.as_tensor(tables.dense[s.name]), persistent=False)
         # frozen vectors, trainable projection (no bias, so the PAD row stays 0)
@@ -212,6 +223,8 @@ class RankModel(nn.Module):
                 if private is not None and id_hit is not None:
                     idx = torch.where(id_hit[:, :1] & private, torch.full_like(idx, UNKNOWN), idx)
             e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
+            if s.content:                                                 # PAD / OOV content rows are 0
+                e = e + self.content_proj[s.name](gather(getattr(self, f"content_{s.name}"), idx))
             if idless is not None and s.name != "item_id":
                 e = torch.where(idless, e.detach(), e)
             if self.training and self.embedding_l2 > 0:

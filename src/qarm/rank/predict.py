@@ -57,7 +57,8 @@ def tables_from_state(state: dict[str, Any]) -> ItemTables:
 
     t = ItemTables(item_ids=state["item_ids"].numpy(), index=arrays("index"), dense=arrays("dense"),
                    vocab=dict(state["vocab"]), keys=arrays("keys"), cluster=arrays("cluster"),
-                   centroids=arrays("centroids"), cos_edges=arrays("cos_edges"), rq_bits=int(state.get("rq_bits", 0)),
+                   centroids=arrays("centroids"), cos_edges=arrays("cos_edges"), content=arrays("content"),
+                   rq_bits=int(state.get("rq_bits", 0)),
                    sim_depth=int(state.get("sim_depth", 1)))
     if "rq_raw" in state:
         t.vq, t.rq = state["vq_raw"].numpy(), state["rq_raw"].numpy()

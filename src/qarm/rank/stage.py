@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from qarm.config import Config
 from qarm.distributed import check_device, init_distributed, leave_process_group, resolve_device, world
-from qarm.errors import ConfigError, DataError
+from qarm.errors import ConfigError, DataError, StageInputError
 from qarm.io import (
     path_sha256,
     read_json,
@@ -74,8 +74,9 @@ def check_config(rc: RankConfig) -> None:
         rate = getattr(rc, name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
-    if not isinstance(rc.drop_private_codes, bool):
-        raise ConfigError(f"rank.drop_private_codes: expected true or false, got {rc.drop_private_codes!r}")
+    for name in ("drop_private_codes", "code_content"):
+        if not isinstance(getattr(rc, name), bool):
+            raise ConfigError(f"rank.{name}: expected true or false, got {getattr(rc, name)!r}")
     if rc.simulated_cold > 0 and rc.vq_table == "item_id":
         raise ConfigError("rank.simulated_cold works with rank.vq_table: own only (with item_id, a simulated "
                           "cold item's id row would still be trained as other items' VQ code)")
@@ -101,6 +102,7 @@ class RankInputs:
     user_vocab: np.ndarray
     info: dict[str, int]
     input_hash: str
+    code_input_hash: str = ""   # input_hash plus what only the code variants read (rank.code_content)
 
 
 def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0) -> RankInputs:
@@ -120,30 +122,46 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
         names.append("quant/vq_pool_ids.npy")
         run.require("quant/vq_pool_ids.npy", "quantize")
         pool_ids = read_npy(run / "quant/vq_pool_ids.npy")
+    content, code_names = None, []
+    if need_codes and rc.code_content:
+        # the embedding the codes were quantised from, as the quantize stage recorded it
+        run.require("quant/quantize.json", "quantize")
+        source = (read_json(run / "quant/quantize.json") or {}).get("embedding")
+        if source not in ("emb_aligned.npy", "emb_raw.npy"):
+            raise StageInputError(f"{run / 'quant/quantize.json'} names no embedding file ('embedding': {source!r}): "
+                                  f"rerun the 'quantize' stage")
+        run.require(source, "align")
+        code_names = ["quant/quantize.json", source]
+        content = dense[source] if source in dense else read_npy(run / source)
     if "train_count" not in items.columns:
         raise DataError("no 'train_count' column: rerun the 'prepare' stage", file="items.parquet", column="train_count")
     tables = build_item_tables(items, codes, dense, rc.sim_clusters or sim_clusters, seed, vq_pool_ids=pool_ids,
-                               sim_depth=rc.sim_depth)
+                               sim_depth=rc.sim_depth, code_content=content)
     ev, info = build_events(tables, events, list(rc.tasks), rc.history_label, rc.history, rc.sim_history)
     if info["n_train"] == 0 or info["n_valid"] == 0 or info["n_test"] == 0:
         raise DataError(f"the ranker needs train, valid and test events, got {info}", file="events.parquet", column="split")
     freq = items["freq_bucket"].to_numpy(object) if "freq_bucket" in items.columns else np.full(len(items), "all", object)
     freq_bucket = np.concatenate([np.array(["unknown", "unknown"], object), freq])[ev.target]
     users = events["user_id"].to_numpy(np.int64)[(events["split"] == "train").to_numpy()]
-    h = hashlib.sha256(json.dumps({n: path_sha256(run / n) for n in names}, sort_keys=True).encode()).hexdigest()[:16]
-    return RankInputs(tables, ev, freq_bucket, tables.item_ids, np.unique(users), info, h)
+    def files_hash(files: list[str]) -> str:
+        return hashlib.sha256(json.dumps({n: path_sha256(run / n) for n in files}, sort_keys=True).encode()).hexdigest()[:16]
+
+    # the variants without codes do not read the code content files: their runs stay reusable
+    h = files_hash(names)
+    code_h = files_hash(sorted(set(names + code_names))) if code_names else h
+    return RankInputs(tables, ev, freq_bucket, tables.item_ids, np.unique(users), info, h, code_h)
 
 
 # rank fields that only some variants read: a variant's fingerprint leaves out the others, so a sweep
 # over a code knob reuses the runs of the variants without codes (ia_rep, id, ...) instead of
 # retraining them bit for bit at every point
-CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth")
+CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth", "code_content")
 VQ_ONLY_FIELDS = ("vq_table",)
 DENSE_ONLY_FIELDS = ("sim_clusters",)
 # fields added after runs were made, at the value that means "off" (not merely the default: a
 # default may change, "off" does not): left out there, so the runs made before keep their
 # fingerprint and are reused
-NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0}
+NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0, "code_content": False}
 
 
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
@@ -159,7 +177,7 @@ def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
               + (VQ_ONLY_FIELDS if variant not in VQ_VARIANTS else ())
               + (DENSE_ONLY_FIELDS if variant not in DENSE_FILES else ()))
     for k in unread:
-        rc.pop(k)
+        rc.pop(k, None)   # an off NEW_FIELDS_OFF field is gone already
     blob = json.dumps({"rank": rc, "seed": cfg.seed, "variant": variant, "rank_seed": seed, "inputs": input_hash},
                       sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -189,13 +207,13 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
     rc = cfg.rank
     rank, _ = world()
     out = run.path / "rank" / variant / f"seed{seed}"
-    fp = fingerprint(cfg, variant, seed, inp.input_hash)
+    fp = fingerprint(cfg, variant, seed, inp.code_input_hash if variant in CODE_VARIANTS else inp.input_hash)
     done = read_json(out / "result.json")
     if done and done.get("fingerprint") == fp:
         return done
     tables = simulate_cold(inp.tables, float(rc.simulated_cold), cfg.seed, seed)
     specs = variant_specs(variant, tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
-                          rc.dim, rc.code_dim, rc.count_dim, rc.vq_table)
+                          rc.dim, rc.code_dim, rc.count_dim, rc.vq_table, bool(rc.code_content))
     torch_seed = _seed_all(cfg, seed)
     device = resolve_device(rc.device, "rank.device")
     model = RankModel(specs, tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
@@ -276,6 +294,7 @@ def tables_state(t: ItemTables) -> dict[str, Any]:
                              "cluster": {k: tensor(v) for k, v in t.cluster.items()},
                              "centroids": {k: tensor(v) for k, v in t.centroids.items()},
                              "cos_edges": {k: tensor(v) for k, v in t.cos_edges.items()}, "rq_bits": t.rq_bits,
+                             "content": {k: tensor(v) for k, v in t.content.items()},
                              "sim_depth": t.sim_depth}
     if t.rq is not None:
         state["vq_raw"], state["rq_raw"] = tensor(t.vq), tensor(t.rq)

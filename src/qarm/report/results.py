@@ -226,8 +226,10 @@ def _bucket_key(label: str) -> tuple[float, str]:
     return (float(found.group(1)) if found else math.inf, str(label))
 
 
-def buckets_table(data: Mapping[str, Any], task: str | None = None) -> str:
-    """Variants x item-frequency buckets: test AUC of ``task`` (default: the first task), means only."""
+def buckets_table(data: Mapping[str, Any], task: str | None = None, against: str | None = None) -> str:
+    """Variants x item-frequency buckets: test AUC of ``task`` (default: the first task), means only.
+    With ``against`` (a study only): each other variant's AUC minus that variant's, per bucket,
+    paired by pipeline seed as in ``diff_table`` (the long-tail view: the rare buckets' rows)."""
     buckets = buckets_of(data)
     if not buckets:
         raise QarmError("no per-bucket figures (rank.buckets): run the 'train' stage")
@@ -237,6 +239,17 @@ def buckets_table(data: Mapping[str, Any], task: str | None = None) -> str:
             raise QarmError("no per-bucket figures (rank.buckets): run the 'train' stage")
         task = found[0]
     labels = sorted({b for v in buckets.values() for b in (v.get(task) or {})}, key=_bucket_key)
+    if against is not None:
+        if not is_study(data):
+            raise QarmError("the buckets table against a variant needs a study (qarm study): per-pipeline-seed values")
+        if against not in buckets:
+            raise QarmError(f"buckets table: reference variant {against!r} is not among "
+                            f"{', '.join(ordered(buckets, VARIANT_ORDER))}")
+        ref = buckets[against].get(task) or {}
+        rows = [[f"`{v}`"] + [diff_cell(_paired(((buckets[v].get(task) or {}).get(b) or {}).get("values"),
+                                                (ref.get(b) or {}).get("values"))) for b in labels]
+                for v in ordered(buckets, VARIANT_ORDER) if v != against]
+        return table(["variant"] + [f"{task} AUC {b} − `{against}`" for b in labels], rows)
     rows = [[f"`{v}`"] + [cell((buckets[v].get(task) or {}).get(b), "bucket", spread=False) for b in labels]
             for v in ordered(buckets, VARIANT_ORDER)]
     return table(["variant"] + labels, rows)
@@ -459,7 +472,7 @@ TABLES: dict[str, tuple[str, Callable[..., str]]] = {
     "diff": ("Paired differences against a reference variant, per pipeline seed", diff_table),
     "ablate": ("Item features hidden at evaluation (qarm ablate)", ablation_table),
 }
-TABLE_OPTIONS = {"rank": {"task"}, "buckets": {"task"}, "grid": {"task", "variants", "stage"},
+TABLE_OPTIONS = {"rank": {"task"}, "buckets": {"task", "against"}, "grid": {"task", "variants", "stage"},
                  "diff": {"task", "against"}}
 
 
