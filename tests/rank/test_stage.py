@@ -327,6 +327,10 @@ def test_code_content_backs_each_code_with_its_items_mean_and_serves_as_offline(
     assert saved["state_dict"]["content_proj.vq.weight"].abs().sum() > 0
     assert not any(k.startswith("content_") and not k.startswith("content_proj") for k in saved["state_dict"])
     _assert_served_as_offline(cfg, tiny_run, "qarm", [])
+    from qarm.rank.ablate import feature_ablation   # `qarm ablate` rebuilds the same model
+
+    result = json.loads((tiny_run / "rank" / "qarm" / "seed0" / "result.json").read_text())
+    assert feature_ablation(cfg, tiny_run, "qarm")[0]["test_auc"] == pytest.approx(result["tasks"]["click"]["auc"], abs=1e-9)
     # a fingerprint of its own: runs without it are not reused for it, and it is not a dense field
     assert fingerprint(cfg, "qarm", 0, "h") != fingerprint(load_config(CONFIG, tiny_overrides("qarm", 1)), "qarm", 0, "h")
     assert fingerprint(cfg, "ia_rep", 0, "h") == fingerprint(load_config(CONFIG, tiny_overrides("qarm", 1)), "ia_rep", 0, "h")

@@ -223,8 +223,10 @@ class RankModel(nn.Module):
                 if private is not None and id_hit is not None:
                     idx = torch.where(id_hit[:, :1] & private, torch.full_like(idx, UNKNOWN), idx)
             e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
-            if s.content:                                                 # PAD / OOV content rows are 0
-                e = e + self.content_proj[s.name](gather(getattr(self, f"content_{s.name}"), idx))
+            if s.content:   # project each distinct code once: [codes, d] x W, not [U, w, d] x W
+                codes, where = torch.unique(idx, return_inverse=True)    # PAD / OOV content rows are 0
+                projected = self.content_proj[s.name](getattr(self, f"content_{s.name}").index_select(0, codes))
+                e = e + gather(projected, where)
             if idless is not None and s.name != "item_id":
                 e = torch.where(idless, e.detach(), e)
             if self.training and self.embedding_l2 > 0:
