@@ -112,6 +112,15 @@ def test_a_code_with_content_is_its_row_plus_the_projected_content_vector():
     assert all(g.abs().sum() > 0 for g in grad)
     with pytest.raises(ValueError, match="content vectors of shape"):
         RankModel([*specs[:3], FeatureSpec("rq_l1", "item", 9, 3, content=6), *specs[4:]], t, 1, [8, 4], [16, 8])
+    # rows=False (rank.code_rows: false): no trainable table, the code is its projected content
+    bare = [*specs[:2], FeatureSpec("vq", "item", 40, 4, "mean", 4, content=5, rows=False), *specs[3:]]
+    model = RankModel(bare, t, n_tasks=1, att_hidden=[8, 4], dnn_hidden=[16, 8], att_dim=4)
+    assert "vq" not in model.item
+    got = model.item_vectors(model.row_features(rows))
+    vq_only = torch.from_numpy(t.content["vq"])[vq_idx] @ model.content_proj["vq"].weight.T
+    assert torch.allclose(got[:, 4:8], (vq_only * keep).sum(1) / keep.sum(1).clamp(min=1), atol=1e-6)
+    with pytest.raises(ValueError, match="without rows needs content vectors"):
+        RankModel([*specs[:2], FeatureSpec("vq", "item", 40, 4, "mean", 4, rows=False), *specs[3:]], t, 1, [8, 4], [16, 8])
 
 
 def _reference_logits(model: RankModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:

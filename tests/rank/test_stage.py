@@ -197,6 +197,7 @@ def test_config_errors_are_clear(tmp_path):
                        ("rank.code_dropout=-0.1", "rank.code_dropout"),
                        ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false"),
                        ("rank.code_content=2", "rank.code_content: expected true or false"),
+                       ("rank.code_rows=false", "rank.code_rows: false .* needs rank.code_content: true"),
                        ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0"),
                        ("rank.simulated_cold=1", "rank.simulated_cold: expected a rate in \\[0, 1\\)")):
         with pytest.raises(ConfigError, match=match):
@@ -291,17 +292,18 @@ def test_qarm_raw_adds_the_codes_to_the_raw_vector_and_serves_new_items_by_conte
     _assert_served_as_offline(cfg, tiny_run, "qarm_raw", ["emb_raw.npy"])
 
 
-def test_code_content_backs_each_code_with_its_items_mean_and_serves_as_offline(tiny_run):
+@pytest.mark.parametrize("rows", [True, False])
+def test_code_content_backs_each_code_with_its_items_mean_and_serves_as_offline(tiny_run, rows):
     """``rank.code_content``: each code's content vector is the mean aligned embedding of the
     trained items that carry it; its projection trains; online scores (cold items sent by their
-    codes) equal the offline predictions."""
+    codes) equal the offline predictions. ``rank.code_rows: false``: the codes have no rows."""
     import torch
 
     from qarm.errors import StageInputError
     from qarm.io import read_npy
     from qarm.rank.stage import load_inputs
 
-    cfg = load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.code_content=true"])
+    cfg = load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.code_content=true", f"rank.code_rows={str(rows).lower()}"])
     with pytest.raises(StageInputError, match="quant/quantize.json is missing"):
         load_inputs(cfg.rank, RunDir(tiny_run), 32, cfg.seed)   # which embedding the codes came from
     (tiny_run / "quant").mkdir()
@@ -325,6 +327,8 @@ def test_code_content_backs_each_code_with_its_items_mean_and_serves_as_offline(
     assert {s["name"]: s["content"] for s in saved["specs"] if s["content"]} == {
         n: emb.shape[1] for n in ("vq", "rq_l1", "rq_l2", "rq_l3", "rq_p2", "rq_p3")}
     assert saved["state_dict"]["content_proj.vq.weight"].abs().sum() > 0
+    assert {s["rows"] for s in saved["specs"] if s["content"]} == {rows}
+    assert ("item.vq.weight" in saved["state_dict"]) == rows and "item.item_id.weight" in saved["state_dict"]
     assert not any(k.startswith("content_") and not k.startswith("content_proj") for k in saved["state_dict"])
     _assert_served_as_offline(cfg, tiny_run, "qarm", [])
     from qarm.rank.ablate import feature_ablation   # `qarm ablate` rebuilds the same model

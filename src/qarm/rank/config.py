@@ -71,3 +71,6 @@ class RankConfig:
     # codes were quantised from), so part of what codes learn is a map from content to score that
     # a cold item's codes read too (docs/ranking-ablation.md); VQ bag (own table) and RQ features
     code_content: bool = False
+    # with code_content: false = a code has no trainable row, only its projected content vector (an
+    # ablation: what the rows can memorise about their items is gone; docs/ranking-ablation.md)
+    code_rows: bool = True

@@ -61,7 +61,8 @@ class FeatureSpec:
     feature; ``"item_id"`` for the VQ bag of ``rank.vq_table: item_id``). ``content``: for a code
     feature of ``rank.code_content``, the size of each code's content vector (the mean embedding
     of the trained items that carry the code, ``ItemTables.content``), projected and added to the
-    code's trainable row; 0 = none."""
+    code's trainable row; 0 = none. ``rows``: whether the feature has trainable rows (False, with
+    ``content``: a code is its projected content vector only, ``rank.code_rows: false``)."""
 
     name: str
     kind: Literal["user", "item", "count", "dense", "sequence"]
@@ -71,6 +72,7 @@ class FeatureSpec:
     width: int = 1
     table: str = ""
     content: int = 0
+    rows: bool = True
 
 
 def _compact(keys: np.ndarray, trained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -408,7 +410,7 @@ def sim_name(source: str) -> str:
 
 def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_history: int,
                   dim: int, code_dim: int, count_dim: int, vq_table: str = "own",
-                  code_content: bool = False) -> list[FeatureSpec]:
+                  code_content: bool = False, code_rows: bool = True) -> list[FeatureSpec]:
     """The features of one ablation variant, built from the run's item tables.
 
     One skeleton for all: user id, item vector (id embedding ++ the variant's item representation)
@@ -417,7 +419,8 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
     ``vq_table``: ``own`` (the VQ bag has its own table, a row per pool item used as a code) or
     ``item_id`` (code c reads pool item c's row of the item-id table: the bag is the mean of the
     item's nearest pool items' id embeddings). ``code_content``: the VQ bag (its own table) and
-    the RQ levels and prefixes also read their codes' content vectors (``ItemTables.content``).
+    the RQ levels and prefixes also read their codes' content vectors (``ItemTables.content``);
+    ``code_rows`` False (with ``code_content``): those codes have no trainable rows, only content.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"rank.variants: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -435,13 +438,14 @@ def variant_specs(variant: str, t: ItemTables, n_users: int, history: int, sim_h
                                      table="item_id"))
         elif vq_table == "own":
             specs.append(FeatureSpec("vq", "item", t.vocab["vq"], dim, "mean", t.index["vq"].shape[1],
-                                     content=_content_dim(t, "vq", code_content)))
+                                     content=_content_dim(t, "vq", code_content), rows=code_rows or not code_content))
         else:
             raise ConfigError(f"rank.vq_table: expected one of {VQ_TABLES}, got {vq_table!r}")
         specs += [FeatureSpec(c, "count", n_buckets, count_dim) for c in ("vq_overlap_items", "vq_overlap_codes")]
     if variant in RQ_VARIANTS:
         depth = t.rq.shape[1]
-        specs += [FeatureSpec(name, "item", t.vocab[name], code_dim, content=_content_dim(t, name, code_content))
+        specs += [FeatureSpec(name, "item", t.vocab[name], code_dim, content=_content_dim(t, name, code_content),
+                              rows=code_rows or not code_content)
                   for name in [f"rq_l{d}" for d in range(1, depth + 1)] + [f"rq_p{d}" for d in range(2, depth + 1)]]
         specs += [FeatureSpec(f"rq_match_{d}", "count", n_buckets, count_dim) for d in range(1, depth + 1)]
     dense = DENSE_OF.get(variant)

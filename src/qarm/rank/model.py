@@ -127,8 +127,10 @@ class RankModel(nn.Module):
         self.user = nn.Embedding(user_spec.vocab, user_spec.dim, sparse=sparse)
         # one table per item feature, except features that read another's (``FeatureSpec.table``)
         self.item = nn.ModuleDict({s.name: nn.Embedding(s.vocab, s.dim, sparse=sparse)
-                                   for s in self.item_specs if not s.table})
+                                   for s in self.item_specs if not s.table and s.rows})
         for s in self.item_specs:
+            if not s.rows and (s.table or not s.content):
+                raise ValueError(f"feature {s.name!r} without rows needs content vectors and no shared table")
             own = self.item[s.table] if s.table in self.item else None
             if s.table and (own is None or own.embedding_dim != s.dim or own.num_embeddings != s.vocab):
                 raise ValueError(f"feature {s.name!r} reads table {s.table!r}, which must be another item "
@@ -222,7 +224,7 @@ class RankModel(nn.Module):
                 private = feats.get(f"private_{s.name}")
                 if private is not None and id_hit is not None:
                     idx = torch.where(id_hit[:, :1] & private, torch.full_like(idx, UNKNOWN), idx)
-            e = lookup(self.item[s.table or s.name], idx)                # [U, w, d]
+            e = lookup(self.item[s.table or s.name], idx) if s.rows else 0.0   # [U, w, d]
             if s.content:   # project each distinct code once: [codes, d] x W, not [U, w, d] x W
                 codes, where = torch.unique(idx, return_inverse=True)    # PAD / OOV content rows are 0
                 projected = self.content_proj[s.name](getattr(self, f"content_{s.name}").index_select(0, codes))

@@ -74,9 +74,11 @@ def check_config(rc: RankConfig) -> None:
         rate = getattr(rc, name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"rank.{name}: expected a rate in [0, 1), got {rate!r}")
-    for name in ("drop_private_codes", "code_content"):
+    for name in ("drop_private_codes", "code_content", "code_rows"):
         if not isinstance(getattr(rc, name), bool):
             raise ConfigError(f"rank.{name}: expected true or false, got {getattr(rc, name)!r}")
+    if not rc.code_rows and not rc.code_content:
+        raise ConfigError("rank.code_rows: false (codes without trainable rows) needs rank.code_content: true")
     if rc.simulated_cold > 0 and rc.vq_table == "item_id":
         raise ConfigError("rank.simulated_cold works with rank.vq_table: own only (with item_id, a simulated "
                           "cold item's id row would still be trained as other items' VQ code)")
@@ -155,13 +157,13 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
 # rank fields that only some variants read: a variant's fingerprint leaves out the others, so a sweep
 # over a code knob reuses the runs of the variants without codes (ia_rep, id, ...) instead of
 # retraining them bit for bit at every point
-CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth", "code_content")
+CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth", "code_content", "code_rows")
 VQ_ONLY_FIELDS = ("vq_table",)
 DENSE_ONLY_FIELDS = ("sim_clusters",)
 # fields added after runs were made, at the value that means "off" (not merely the default: a
 # default may change, "off" does not): left out there, so the runs made before keep their
 # fingerprint and are reused
-NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0, "code_content": False}
+NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0, "code_content": False, "code_rows": True}
 
 
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
@@ -213,7 +215,7 @@ def train_one(cfg: Config, run: Any, inp: RankInputs, variant: str, seed: int) -
         return done
     tables = simulate_cold(inp.tables, float(rc.simulated_cold), cfg.seed, seed)
     specs = variant_specs(variant, tables, len(inp.user_vocab) + 2, rc.history, rc.sim_history,
-                          rc.dim, rc.code_dim, rc.count_dim, rc.vq_table, bool(rc.code_content))
+                          rc.dim, rc.code_dim, rc.count_dim, rc.vq_table, bool(rc.code_content), bool(rc.code_rows))
     torch_seed = _seed_all(cfg, seed)
     device = resolve_device(rc.device, "rank.device")
     model = RankModel(specs, tables, len(rc.tasks), list(rc.att_hidden), list(rc.dnn_hidden), rc.towers,
