@@ -198,6 +198,7 @@ def test_config_errors_are_clear(tmp_path):
                        ("rank.drop_private_codes=0.5", "rank.drop_private_codes: expected true or false"),
                        ("rank.code_content=2", "rank.code_content: expected true or false"),
                        ("rank.code_rows=false", "rank.code_rows: false .* needs rank.code_content: true"),
+                       ("rank.code_content_source=pca", "rank.code_content_source: expected quantized, raw, aligned"),
                        ("rank.embedding_l2=-1e-5", "rank.embedding_l2: expected a finite number >= 0"),
                        ("rank.simulated_cold=1", "rank.simulated_cold: expected a rate in \\[0, 1\\)")):
         with pytest.raises(ConfigError, match=match):
@@ -321,6 +322,15 @@ def test_code_content_backs_each_code_with_its_items_mean_and_serves_as_offline(
             members = trained & (idx == code).any(1)
             assert members.any()   # every vocabulary code has a trained item: the compaction's rule
             assert np.allclose(content[code], emb[members].astype(np.float64).mean(0), atol=1e-6)
+    if rows:   # the content vectors can average another embedding than the codes': here the raw one
+        raw_cfg = load_config(CONFIG, tiny_overrides("qarm", 1) + ["rank.code_content=true",
+                                                                   "rank.code_content_source=raw"])
+        raw = load_inputs(raw_cfg.rank, RunDir(tiny_run), 32, cfg.seed)
+        x = read_npy(tiny_run / "emb_raw.npy").astype(np.float64)
+        code = int(t.index["rq_l1"][2:][trained][0, 0])
+        members = trained & (t.index["rq_l1"][2:, 0] == code)
+        assert np.allclose(raw.tables.content["rq_l1"][code], x[members].mean(0), atol=1e-5)
+        assert raw.code_input_hash not in (inp.code_input_hash, inp.input_hash)
     res = run_train(cfg, RunDir(tiny_run))
     assert 0.0 < res["variants"]["qarm"]["click"]["auc"]["mean"] < 1.0
     saved = torch.load(tiny_run / "rank" / "qarm" / "seed0" / "model.pt", weights_only=True)

@@ -82,7 +82,8 @@ def feature_ablation(cfg: Config, run_dir: str | Path, variant: str, seed: int |
     src = saved["rank_config"]     # the trained model's settings win over the run's config
     rc = replace(cfg.rank, variants=[variant], vq_table=src.get("vq_table", cfg.rank.vq_table),
                  sim_depth=src.get("sim_depth", cfg.rank.sim_depth),
-                 code_content=bool(src.get("code_content", False)), code_rows=bool(src.get("code_rows", True)))
+                 code_content=bool(src.get("code_content", False)), code_rows=bool(src.get("code_rows", True)),
+                 code_content_source=str(src.get("code_content_source", "quantized")))
     inp = load_inputs(rc, run, int(cfg.quantize.rq_sizes[0]) if cfg.quantize.rq_sizes else 32, cfg.seed)
     tables = simulate_cold(inp.tables, float(src.get("simulated_cold", 0.0)), cfg.seed, seed)
     specs = [FeatureSpec(**s) for s in saved["specs"]]

@@ -74,3 +74,6 @@ class RankConfig:
     # with code_content: false = a code has no trainable row, only its projected content vector (an
     # ablation: what the rows can memorise about their items is gone; docs/ranking-ablation.md)
     code_rows: bool = True
+    # which embedding a code's content vector averages: "quantized" (the one the codes were
+    # quantised from), "raw" (the frozen raw vector: what cold items keep best) or "aligned"
+    code_content_source: str = "quantized"

@@ -55,6 +55,9 @@ from qarm.rank.model import RankModel
 from qarm.rank.train import TensorData, fit, predict
 
 DENSE_FILES = DENSE_OF
+# rank.code_content_source -> the embedding file its content vectors average ("quantized": the one
+# the codes were quantised from, read from quant/quantize.json)
+CONTENT_SOURCES = {"raw": "emb_raw.npy", "aligned": "emb_aligned.npy"}
 
 
 def check_config(rc: RankConfig) -> None:
@@ -77,6 +80,9 @@ def check_config(rc: RankConfig) -> None:
     for name in ("drop_private_codes", "code_content", "code_rows"):
         if not isinstance(getattr(rc, name), bool):
             raise ConfigError(f"rank.{name}: expected true or false, got {getattr(rc, name)!r}")
+    if rc.code_content_source not in ("quantized", *CONTENT_SOURCES):
+        raise ConfigError(f"rank.code_content_source: expected quantized, {', '.join(CONTENT_SOURCES)}; "
+                          f"got {rc.code_content_source!r}")
     if not rc.code_rows and not rc.code_content:
         raise ConfigError("rank.code_rows: false (codes without trainable rows) needs rank.code_content: true")
     if rc.simulated_cold > 0 and rc.vq_table == "item_id":
@@ -125,7 +131,12 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
         run.require("quant/vq_pool_ids.npy", "quantize")
         pool_ids = read_npy(run / "quant/vq_pool_ids.npy")
     content, code_names = None, []
-    if need_codes and rc.code_content:
+    if need_codes and rc.code_content and rc.code_content_source != "quantized":
+        source = CONTENT_SOURCES[rc.code_content_source]
+        run.require(source, "align")
+        code_names = [source]
+        content = dense[source] if source in dense else read_npy(run / source)
+    elif need_codes and rc.code_content:
         # the embedding the codes were quantised from, as the quantize stage recorded it
         run.require("quant/quantize.json", "quantize")
         source = (read_json(run / "quant/quantize.json") or {}).get("embedding")
@@ -157,13 +168,15 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
 # rank fields that only some variants read: a variant's fingerprint leaves out the others, so a sweep
 # over a code knob reuses the runs of the variants without codes (ia_rep, id, ...) instead of
 # retraining them bit for bit at every point
-CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth", "code_content", "code_rows")
+CODE_ONLY_FIELDS = ("code_dropout", "drop_private_codes", "sim_depth", "code_content", "code_rows",
+                    "code_content_source")
 VQ_ONLY_FIELDS = ("vq_table",)
 DENSE_ONLY_FIELDS = ("sim_clusters",)
 # fields added after runs were made, at the value that means "off" (not merely the default: a
 # default may change, "off" does not): left out there, so the runs made before keep their
 # fingerprint and are reused
-NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0, "code_content": False, "code_rows": True}
+NEW_FIELDS_OFF = {"embedding_l2": 0.0, "simulated_cold": 0.0, "code_content": False, "code_rows": True,
+                  "code_content_source": "quantized"}
 
 
 def fingerprint(cfg: Config, variant: str, seed: int, input_hash: str) -> str:
