@@ -247,7 +247,7 @@ def test_sim_depth_groups_the_hard_search_by_a_deeper_prefix(built):
         build_item_tables(items, codes, {}, sim_depth=4)
 
 
-def test_code_content_is_asked_for_and_checked(built):
+def test_code_content_is_asked_for_and_checked(built, ml_run):
     """``variant_specs(code_content=True)`` needs tables built with the codes' embedding; the
     embedding must have one finite row per item; a local serving table keeps the vectors."""
     items, _, codes, t, _, _ = built
@@ -261,6 +261,10 @@ def test_code_content_is_asked_for_and_checked(built):
     # every trained code's members all hold the ones row, so its mean is 1; PAD / OOV stay 0
     assert (with_content.content["vq"][2:] == 1).all() and not with_content.content["vq"][:2].any()
     assert with_content.take(np.array([3])).content is with_content.content
+    # the VQ bag through the item-id table (rank.vq_table: item_id) has no content of its own
+    pool = read_npy(ml_run / "quant" / "vq_pool_ids.npy")
+    both = build_item_tables(items, codes, {}, vq_pool_ids=pool, code_content=emb)
+    assert "vq_item" in both.index and set(both.content) == set(with_content.content)
     with pytest.raises(DataError, match=r"code content: expected float32 \[\d+, d\]"):
         build_item_tables(items, codes, {}, code_content=emb[1:])
     emb[4, 1] = np.nan

@@ -271,7 +271,10 @@ def build_item_tables(items: pd.DataFrame, codes: pd.DataFrame | None, dense: di
     return t
 
 
-CONTENT_FEATURES = ("vq", "rq_l", "rq_p")   # the code features a content vector can back (name prefixes)
+# the code features a content vector can back: the VQ bag in its own table, RQ levels and prefixes
+# (not ``vq_item``, the bag read through the item-id table)
+def _content_feature(name: str) -> bool:
+    return name == "vq" or name.startswith(("rq_l", "rq_p"))
 
 
 def _add_code_content(t: ItemTables, emb: np.ndarray, trained: np.ndarray) -> None:
@@ -295,7 +298,7 @@ def _add_code_content(t: ItemTables, emb: np.ndarray, trained: np.ndarray) -> No
                         file="code content embedding", row=r)
     x = emb.astype(np.float64)[trained[2:]]
     for name, idx in t.index.items():
-        if not name.startswith(CONTENT_FEATURES):
+        if not _content_feature(name):
             continue
         codes = idx[2:][trained[2:]]                                  # [m, w] vocabulary indices
         sums = np.zeros((t.vocab[name], emb.shape[1]), np.float64)
