@@ -131,20 +131,18 @@ def load_inputs(rc: RankConfig, run: Any, sim_clusters: int = 32, seed: int = 0)
         run.require("quant/vq_pool_ids.npy", "quantize")
         pool_ids = read_npy(run / "quant/vq_pool_ids.npy")
     content, code_names = None, []
-    if need_codes and rc.code_content and rc.code_content_source != "quantized":
-        source = CONTENT_SOURCES[rc.code_content_source]
+    if need_codes and rc.code_content:
+        if rc.code_content_source in CONTENT_SOURCES:
+            source, code_names = CONTENT_SOURCES[rc.code_content_source], []
+        else:   # "quantized": the embedding the codes came from, as the quantize stage recorded it
+            run.require("quant/quantize.json", "quantize")
+            source = (read_json(run / "quant/quantize.json") or {}).get("embedding")
+            if source not in ("emb_aligned.npy", "emb_raw.npy"):
+                raise StageInputError(f"{run / 'quant/quantize.json'} names no embedding file ('embedding': "
+                                      f"{source!r}): rerun the 'quantize' stage")
+            code_names = ["quant/quantize.json"]
         run.require(source, "align")
-        code_names = [source]
-        content = dense[source] if source in dense else read_npy(run / source)
-    elif need_codes and rc.code_content:
-        # the embedding the codes were quantised from, as the quantize stage recorded it
-        run.require("quant/quantize.json", "quantize")
-        source = (read_json(run / "quant/quantize.json") or {}).get("embedding")
-        if source not in ("emb_aligned.npy", "emb_raw.npy"):
-            raise StageInputError(f"{run / 'quant/quantize.json'} names no embedding file ('embedding': {source!r}): "
-                                  f"rerun the 'quantize' stage")
-        run.require(source, "align")
-        code_names = ["quant/quantize.json", source]
+        code_names.append(source)
         content = dense[source] if source in dense else read_npy(run / source)
     if "train_count" not in items.columns:
         raise DataError("no 'train_count' column: rerun the 'prepare' stage", file="items.parquet", column="train_count")
